@@ -1,0 +1,176 @@
+"""Per-frame analysis shared by the streaming enhancer and the whole-signal path.
+
+At step j the input buffer holds the BUFFER_SAMPLES samples ending with hop j.
+The newest window (frame j) gives the lookahead band energies; the frame being
+decided, l = j - LOOKAHEAD_FRAMES, sits at [HISTORY_SAMPLES, HISTORY_SAMPLES +
+WINDOW_SIZE) of the buffer with its comb-filter history before it and
+LOOKAHEAD_SAMPLES after it. Everything here is computed on a block of F steps
+at once ([F, BUFFER_SAMPLES] buffers): F = 1 when streaming, F = hundreds for
+training data; the arithmetic is the same.
+
+Feature vector of step j (NB_FEATURES): log10 band energies of frame j, pitch
+coherences q_y of frame l, the normalised log period of frame l and its pitch
+correlation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from percepnet import pitch
+from percepnet.bands import band_cross, band_energy, coherence
+from percepnet.comb import comb_filter, comb_noise_gain, comb_weights
+from percepnet.constants import (
+    BUFFER_SAMPLES,
+    EXTRA_ATTENUATION_N0,
+    EPS,
+    FRAME_SIZE,
+    HISTORY_SAMPLES,
+    LOOKAHEAD_FRAMES,
+    NB_BANDS,
+    NB_FEATURES,
+    PITCH_MAX,
+    PITCH_MIN,
+    WINDOW_SIZE,
+)
+from percepnet.stft import analysis
+
+FloatArray = npt.NDArray[np.float64]
+ComplexArray = npt.NDArray[np.complex128]
+IntArray = npt.NDArray[np.int64]
+
+LOG_ENERGY_FLOOR = 1e-7
+"""Added to band energies before log10 (about -70 dB below a full-scale band)."""
+
+WIN_START = HISTORY_SAMPLES
+WIN_END = HISTORY_SAMPLES + WINDOW_SIZE
+NEWEST = slice(BUFFER_SAMPLES - WINDOW_SIZE, BUFFER_SAMPLES)
+DECIDED = slice(WIN_START, WIN_END)
+_LOG_PITCH_SPAN = np.log2(PITCH_MAX / PITCH_MIN)
+
+# Feature layout, named once.
+FEAT_LOG_ENERGY = slice(0, NB_BANDS)
+FEAT_COHERENCE = slice(NB_BANDS, 2 * NB_BANDS)
+FEAT_PERIOD = 2 * NB_BANDS
+FEAT_PITCH_CORR = 2 * NB_BANDS + 1
+assert FEAT_PITCH_CORR + 1 == NB_FEATURES
+
+
+@dataclass
+class Frames:
+    """Analysis of F consecutive steps; row i is step j, deciding frame l = j - M."""
+
+    step: IntArray  # j
+    features: FloatArray  # [F, NB_FEATURES]
+    Y: ComplexArray  # [F, NB_BINS] noisy spectrum of frame l
+    P: ComplexArray  # [F, NB_BINS] comb-filtered spectrum of frame l
+    E_y: FloatArray  # [F, NB_BANDS]
+    q_y: FloatArray  # [F, NB_BANDS]
+    period: IntArray  # [F] T of frame l, samples
+    pitch_corr: FloatArray  # [F]
+    comb: FloatArray  # [F, 2K + 1] comb weights used for frame l
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+class Analyzer:
+    """Stateful analysis: the pitch tracker's Viterbi state and the pending frames.
+
+    Frames l < 0 (before the stream started) are silent; their coarse lags are the
+    states' own lags so the pitch path starts from a defined place.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._viterbi = pitch.ViterbiState.initial()
+        self._pending_lags = np.tile(pitch.STATE_LAGS_D, (LOOKAHEAD_FRAMES, 1))
+        self._step = 0
+
+    def process(self, buffers: FloatArray) -> Frames:
+        """Analyse F consecutive steps given their [F, BUFFER_SAMPLES] input buffers."""
+        n = buffers.shape[0]
+        newest = buffers[:, NEWEST]
+        Y_new = analysis(newest)
+        E_new = band_energy(Y_new)
+
+        segments = pitch.decimate(buffers[:, BUFFER_SAMPLES - pitch.SEGMENT :])
+        obs, lags = pitch.pool_states(pitch.coarse_scores(segments))
+        all_lags = np.concatenate([self._pending_lags, lags])  # rows: frames l = j - M
+        coarse = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            s = pitch.viterbi_step(self._viterbi, obs[i])
+            coarse[i] = all_lags[i, s]
+        self._pending_lags = all_lags[n:]
+
+        windows = buffers[:, DECIDED]
+        hist = buffers[:, WIN_END - pitch.REFINE_HISTORY : WIN_END]
+        period, corr = pitch.refine(windows, hist, coarse)
+        c = comb_weights(period)
+        P = analysis(comb_filter(buffers, period, c))
+        Y = analysis(windows)
+        E_y = band_energy(Y)
+        E_p = band_energy(P)
+        q_y = coherence(band_cross(Y, P), E_y, E_p)
+
+        feats = np.empty((n, NB_FEATURES))
+        feats[:, FEAT_LOG_ENERGY] = np.log10(E_new + LOG_ENERGY_FLOOR)
+        feats[:, FEAT_COHERENCE] = q_y
+        feats[:, FEAT_PERIOD] = np.log2(period / PITCH_MIN) / _LOG_PITCH_SPAN
+        feats[:, FEAT_PITCH_CORR] = corr
+        steps = np.arange(self._step, self._step + n)
+        self._step += n
+        return Frames(steps, feats, Y, P, E_y, q_y, period, corr, c)
+
+
+def step_buffers(padded: FloatArray, first: int, count: int) -> FloatArray:
+    """[count, BUFFER_SAMPLES] views of a padded signal (see pad_signal) for steps first..."""
+    view = np.lib.stride_tricks.sliding_window_view(padded, BUFFER_SAMPLES)
+    return np.asarray(view[first * FRAME_SIZE : (first + count - 1) * FRAME_SIZE + 1 : FRAME_SIZE])
+
+
+def pad_signal(x: FloatArray, n_steps: int) -> FloatArray:
+    """Zero history before x and zeros after it so step j's buffer is padded[jN : jN + B]."""
+    lead = BUFFER_SAMPLES - FRAME_SIZE
+    total = lead + n_steps * FRAME_SIZE
+    out = np.zeros(max(total, lead + len(x)))
+    out[lead : lead + len(x)] = x
+    return out[:total] if total >= lead + len(x) else out
+
+
+def oracle_targets(frames: Frames, clean_buffers: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Ideal band gains g and strengths r for frames l from the clean signal's buffers.
+
+    The clean signal is comb-filtered with the same period and taps as the noisy one.
+    Where even full filtering cannot restore the clean periodicity (q_p < q_x), r = 1
+    and the gain takes an extra attenuation.
+    """
+    X = analysis(clean_buffers[:, DECIDED])
+    P_x = analysis(comb_filter(clean_buffers, frames.period, frames.comb))
+    E_x = band_energy(X)
+    q_x = coherence(band_cross(X, P_x), E_x, band_energy(P_x))
+    g = np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0)
+    return strength_targets(g, frames.q_y, q_x, comb_noise_gain(frames.comb)[:, None])
+
+
+def strength_targets(
+    g: FloatArray, q_y: FloatArray, q_x: FloatArray, sigma2: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """r from the coherences (DESIGN section 3) and g with the extra attenuation."""
+    q_p = q_y / np.sqrt((1.0 - sigma2) * q_y**2 + sigma2)
+    a = np.maximum(0.0, q_p**2 - q_x**2)
+    b = q_p * q_y * (1.0 - q_x**2)
+    c = np.maximum(0.0, q_x**2 - q_y**2)
+    alpha = (np.sqrt(b**2 + a * c) - b) / (a + EPS)
+    r = np.clip(alpha / (1.0 + alpha), 0.0, 1.0)
+    short = q_p < q_x
+    r = np.where(short, 1.0, r)
+    n0 = EXTRA_ATTENUATION_N0
+    atten = np.sqrt((1.0 + n0 - q_x**2) / (1.0 + n0 - np.minimum(q_p, 1.0) ** 2))
+    g = np.where(short, g * np.minimum(atten, 1.0), g)
+    return g, r

@@ -1,0 +1,232 @@
+"""The streaming enhancer: one object per stream, 480 samples in, 480 samples out.
+
+The enhancer owns all history (input buffer, pitch tracker, overlap memory) and
+takes its band gains g and strengths r from a pluggable GainSource: the oracle
+(from a clean reference), the network, or unity gains. Output lags input by
+LATENCY_SAMPLES (30 ms); `enhance_signal` runs the same arithmetic over a whole
+signal and compensates that delay so output lines up with input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from percepnet.analysis import Analyzer, Frames, oracle_targets, pad_signal, step_buffers
+from percepnet.bands import BAND_CENTRES
+from percepnet.constants import (
+    BIN_HZ,
+    BUFFER_SAMPLES,
+    EPS,
+    FRAME_SIZE,
+    LATENCY_SAMPLES,
+    NB_BANDS,
+    SAMPLE_RATE,
+    WINDOW_SIZE,
+)
+from percepnet.mixing import apply_gains
+from percepnet.stft import overlap_add, synthesis
+
+FloatArray = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
+
+GainPair = tuple[FloatArray, FloatArray | None]
+"""Band gains g [F, NB_BANDS] and pitch-filter strengths r [F, NB_BANDS] (None: no filter)."""
+
+# Bands whose centre lies in the main speech range, for the voice-activity estimate.
+_SPEECH_BANDS = np.flatnonzero((BAND_CENTRES * BIN_HZ >= 200) & (BAND_CENTRES * BIN_HZ <= 4000))
+
+
+class GainSource(Protocol):
+    """Supplies g and r for a block of analysed frames, in order; may keep state."""
+
+    def reset(self) -> None: ...
+
+    def __call__(self, frames: Frames) -> GainPair: ...
+
+
+class UnitySource:
+    """g = 1, no pitch filter: the enhancer reproduces its input, delayed."""
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, frames: Frames) -> GainPair:
+        return np.ones((len(frames), NB_BANDS)), None
+
+
+class OracleSource:
+    """Ideal g and r computed from the clean reference (48 kHz, aligned with the input).
+
+    use_pitch_filter=False gives the band-gain-only oracle: g = sqrt(E_x / E_y) and no r.
+    """
+
+    def __init__(self, clean: FloatArray, *, use_pitch_filter: bool = True) -> None:
+        self.clean = np.asarray(clean, dtype=np.float64)
+        self.use_pitch_filter = use_pitch_filter
+        n_steps = math.ceil((len(self.clean) + LATENCY_SAMPLES) / FRAME_SIZE) + 1
+        self._padded = pad_signal(self.clean, max(n_steps, 1))
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, frames: Frames) -> GainPair:
+        steps = frames.step
+        need = (int(steps[-1]) + 1) * FRAME_SIZE + BUFFER_SAMPLES
+        if need > len(self._padded):  # streamed past the clean signal: it is silent there
+            self._padded = np.concatenate([self._padded, np.zeros(need - len(self._padded))])
+        buffers = step_buffers(self._padded, int(steps[0]), len(steps))
+        g, r = oracle_targets(frames, buffers)
+        if not self.use_pitch_filter:
+            from percepnet.analysis import DECIDED
+            from percepnet.bands import band_energy
+            from percepnet.stft import analysis
+
+            E_x = band_energy(analysis(buffers[:, DECIDED]))
+            return np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0), None
+        return g, r
+
+
+@dataclass
+class Diagnostics:
+    """What one frame looked like, for metrics and the data channel."""
+
+    voice_activity: float = 0.0  # 0..1, from the gains in the speech bands
+    mean_gain: float = 1.0  # mean band gain applied, linear
+    pitch_hz: float = 0.0
+    pitch_correlation: float = 0.0
+    nonfinite_samples: int = 0  # NaN/inf input samples replaced by zero so far
+
+
+def voice_activity(g: FloatArray) -> float:
+    """A speech-presence estimate in [0, 1]: the mean gain over the speech bands."""
+    return float(np.clip(g[..., _SPEECH_BANDS].mean(), 0.0, 1.0))
+
+
+class Enhancer:
+    """Streaming PercepNet enhancer for one stream.
+
+    process() takes FRAME_SIZE float samples at SAMPLE_RATE and returns FRAME_SIZE
+    enhanced samples delayed by LATENCY_SAMPLES. Non-finite input samples are
+    replaced by zero and counted. With `enabled = False` the gains are unity (the
+    stream stays continuous and equally delayed); `attenuation_limit_db` floors g.
+    """
+
+    latency_samples = LATENCY_SAMPLES
+    sample_rate = SAMPLE_RATE
+    frame_size = FRAME_SIZE
+
+    def __init__(
+        self,
+        source: GainSource | None = None,
+        *,
+        use_postfilter: bool = True,
+        attenuation_limit_db: float | None = None,
+    ) -> None:
+        self.source: GainSource = source if source is not None else UnitySource()
+        self.use_postfilter = use_postfilter
+        self.attenuation_limit_db = attenuation_limit_db
+        self.enabled = True
+        self._analyzer = Analyzer()
+        self._unity = UnitySource()
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = np.zeros(BUFFER_SAMPLES)
+        self._overlap = np.zeros(FRAME_SIZE)
+        self._analyzer.reset()
+        self.source.reset()
+        self.diagnostics = Diagnostics()
+
+    def process(self, frame: npt.ArrayLike) -> Float32Array:
+        x = np.asarray(frame, dtype=np.float64).reshape(-1)
+        if x.shape[0] != FRAME_SIZE:
+            raise ValueError(f"Enhancer.process takes {FRAME_SIZE} samples, got {x.shape[0]}")
+        finite = np.isfinite(x)
+        if not finite.all():
+            self.diagnostics.nonfinite_samples += int((~finite).sum())
+            x = np.where(finite, x, 0.0)
+        buf = self._buffer
+        buf[:-FRAME_SIZE] = buf[FRAME_SIZE:]
+        buf[-FRAME_SIZE:] = x
+        frames = self._analyzer.process(buf[None, :])
+        # The source runs even when disabled so its recurrent state follows the stream.
+        g, r = self.source(frames)
+        g = limit_attenuation(g, self.attenuation_limit_db)
+        d = self.diagnostics
+        d.voice_activity = voice_activity(g)
+        d.mean_gain = float(g.mean())
+        d.pitch_hz = float(SAMPLE_RATE / frames.period[0])
+        d.pitch_correlation = float(frames.pitch_corr[0])
+        if not self.enabled:
+            g, r = self._unity(frames)
+        spectrum = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=self.use_postfilter and self.enabled)
+        y = synthesis(spectrum)[0]
+        out = self._overlap + y[:FRAME_SIZE]
+        self._overlap = y[FRAME_SIZE:].copy()
+        return out.astype(np.float32)
+
+
+def limit_attenuation(g: FloatArray, limit_db: float | None) -> FloatArray:
+    """Floor band gains at -limit_db dB (None: no floor)."""
+    if limit_db is None:
+        return g
+    return np.maximum(g, 10.0 ** (-abs(limit_db) / 20.0))
+
+
+class ChunkedStream:
+    """Feeds an Enhancer from chunks of any size; returns whatever output is ready.
+
+    Concatenated, the outputs are identical to feeding the enhancer 480-sample frames.
+    """
+
+    def __init__(self, enhancer: Enhancer) -> None:
+        self.enhancer = enhancer
+        self._pending = np.zeros(0)
+
+    def process(self, chunk: npt.ArrayLike) -> Float32Array:
+        data = np.concatenate([self._pending, np.asarray(chunk, dtype=np.float64).reshape(-1)])
+        n = len(data) // FRAME_SIZE
+        out = [self.enhancer.process(data[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
+        self._pending = data[n * FRAME_SIZE :]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+BLOCK_STEPS = 256
+"""Steps analysed at once by the whole-signal path (bounds memory to ~60 MB)."""
+
+
+def enhance_signal(
+    x: npt.ArrayLike,
+    source: GainSource | None = None,
+    *,
+    use_postfilter: bool = True,
+    attenuation_limit_db: float | None = None,
+) -> Float32Array:
+    """Enhance a whole 48 kHz mono signal; the output is aligned with the input.
+
+    Same arithmetic as the streaming Enhancer, vectorised over blocks of frames;
+    the LATENCY_SAMPLES delay is removed by running that many zeros past the end.
+    """
+    sig = np.asarray(x, dtype=np.float64).reshape(-1)
+    sig = np.where(np.isfinite(sig), sig, 0.0)
+    src: GainSource = source if source is not None else UnitySource()
+    src.reset()
+    length = len(sig)
+    n_steps = math.ceil((length + LATENCY_SAMPLES) / FRAME_SIZE)
+    padded = pad_signal(sig, n_steps)
+    analyzer = Analyzer()
+    synth = np.empty((n_steps, WINDOW_SIZE))
+    for first in range(0, n_steps, BLOCK_STEPS):
+        count = min(BLOCK_STEPS, n_steps - first)
+        frames = analyzer.process(step_buffers(padded, first, count))
+        g, r = src(frames)
+        g = limit_attenuation(g, attenuation_limit_db)
+        spectrum = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=use_postfilter)
+        synth[first : first + count] = synthesis(spectrum)
+    out = overlap_add(synth)
+    return out[LATENCY_SAMPLES : LATENCY_SAMPLES + length].astype(np.float32)

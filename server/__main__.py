@@ -1,0 +1,105 @@
+"""`percepnet-server`: parse the configuration, load the model, serve until SIGTERM.
+
+With one worker the worker itself listens on host:port. With more, a router listens
+there and forwards signalling to worker processes (one event loop per core) over
+Unix sockets; media flows directly between each peer and its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from percepnet.enhancer import Enhancer
+from percepnet.runtime import ModelError, load_enhancer_factory
+from server.app import MANAGER_KEY, create_app
+from server.config import Config, ConfigError, load_config
+
+log = logging.getLogger("server")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def build_enhancer_factory(config: Config) -> Callable[[], Enhancer]:
+    """The per-stream Enhancer factory: the ONNX model, or unity gains when asked.
+
+    Raises ModelError for a missing or corrupt model.
+    """
+    if config.unity_gains:
+        return Enhancer
+    return load_enhancer_factory(config.model)
+
+
+async def serve_worker(
+    config: Config,
+    factory: Callable[[], Enhancer],
+    *,
+    worker_index: int = 0,
+    unix_path: Path | None = None,
+) -> None:
+    """Serve one worker app until SIGTERM/SIGINT, then drain and exit."""
+    app = create_app(config, factory, worker_index=worker_index)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site: web.BaseSite
+    if unix_path is not None:
+        site = web.UnixSite(runner, str(unix_path))
+    else:
+        site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info("worker %d listening on %s", worker_index, site.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("worker %d draining (up to %.0f s)", worker_index, config.drain_timeout_s)
+        await app[MANAGER_KEY].drain(config.drain_timeout_s)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("worker %d stopped", worker_index)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"percepnet-server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        factory = build_enhancer_factory(config)
+    except ModelError as exc:
+        print(
+            f"percepnet-server: cannot load the model: {exc}\n"
+            "  give one with --model PATH (PERCEPNET_MODEL), or --unity-gains to run "
+            "the DSP without a model",
+            file=sys.stderr,
+        )
+        return 2
+    if config.workers == 1:
+        asyncio.run(serve_worker(config, factory))
+        return 0
+    from server.router import serve_router
+
+    return asyncio.run(serve_router(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

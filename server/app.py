@@ -1,0 +1,344 @@
+"""The aiohttp application of one worker: signalling, controls, metrics, health, page.
+
+    POST   /offer                  JSON {sdp, type[, mode]} -> JSON answer {sdp, type, session}
+    POST   /whip[?mode=...]        application/sdp -> 201, Location: /whip/{id}, answer SDP
+    PATCH  /whip/{id}              application/trickle-ice-sdpfrag -> 204 (ICE restart: 422)
+    DELETE /whip/{id}              end the session (also DELETE /streams/{id})
+    OPTIONS /whip, /whip/{id}      CORS preflight
+    GET    /streams, /streams/{id} per-stream JSON
+    POST   /streams/{id}/control   JSON {enabled?, attenuation_limit_db?} -> stream JSON
+    GET    /metrics /healthz /readyz /config.json, and the page at /
+
+mode is "enhance" (default) or "passthrough" (no DSP at all: the benchmark baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from percepnet.enhancer import Enhancer
+from server.config import Config
+from server.metrics import Metrics
+from server.session import (
+    BadOffer,
+    Draining,
+    Mode,
+    ServiceFull,
+    Session,
+    SessionError,
+    SessionManager,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = web.AppKey("config", Config)
+MANAGER_KEY = web.AppKey("manager", SessionManager)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+SDP_TYPE = "application/sdp"
+TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
+PROTECTED_PREFIXES = ("/offer", "/whip", "/streams", "/config.json")
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag, Retry-After",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LoopLagMonitor:
+    """Wakes every `interval` seconds and records how late it woke (event-loop lag)."""
+
+    def __init__(self, metrics: Metrics, interval: float = 0.05, window: float = 5.0) -> None:
+        self.metrics = metrics
+        self.interval = interval
+        self.window = window
+        self.last_s = 0.0
+        self.max_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        window_start = time.monotonic()
+        window_max = 0.0
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, time.monotonic() - before - self.interval)
+            self.last_s = lag
+            self.metrics.loop_lag.observe(lag)
+            window_max = max(window_max, lag)
+            if time.monotonic() - window_start >= self.window:
+                self.max_s = window_max
+                self.metrics.loop_lag_max.set(window_max)
+                window_start, window_max = time.monotonic(), 0.0
+
+
+LAG_KEY = web.AppKey("loop_lag", LoopLagMonitor)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS headers, bearer auth, body-size limit and SessionError -> status mapping."""
+    config = request.app[CONFIG_KEY]
+    try:
+        if request.method != "OPTIONS":
+            protected = config.auth_token and request.path.startswith(PROTECTED_PREFIXES)
+            if protected and not _authorized(request, config.auth_token or ""):
+                raise web.HTTPUnauthorized(
+                    text="missing or wrong bearer token",
+                    headers={"WWW-Authenticate": 'Bearer realm="percepnet"'},
+                )
+            length = request.content_length
+            if length is not None and length > config.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=config.max_body_bytes, actual_size=length
+                )
+        response = await handler(request)
+    except SessionError as exc:
+        headers = None
+        if isinstance(exc, (ServiceFull, Draining)):
+            headers = {"Retry-After": str(config.retry_after_s)}
+        response = _error(exc.status, str(exc), headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kept = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
+        response = _error(exc.status, exc.text or exc.reason, kept)
+    for key, value in CORS_HEADERS.items():
+        response.headers.setdefault(key, value)
+    return response
+
+
+async def _body_text(request: web.Request) -> str:
+    """The request body; 413 when it exceeds the limit even without Content-Length."""
+    limit = request.app[CONFIG_KEY].max_body_bytes
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadOffer("body is not UTF-8") from exc
+
+
+def _require_type(request: web.Request, expected: str) -> None:
+    if request.content_type != expected:
+        raise web.HTTPUnsupportedMediaType(text=f"expected Content-Type {expected}")
+
+
+def _mode(value: object) -> Mode:
+    if value in (None, "", "enhance"):
+        return "enhance"
+    if value == "passthrough":
+        return "passthrough"
+    raise BadOffer(f"mode must be enhance or passthrough, not {value!r}")
+
+
+def _session_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+# -- signalling ------------------------------------------------------------------------
+async def offer(request: web.Request) -> web.Response:
+    _require_type(request, "application/json")
+    text = await _body_text(request)
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadOffer(f"body is not JSON: {exc.msg}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
+        raise BadOffer("expected a JSON object with string fields sdp and type")
+    manager = request.app[MANAGER_KEY]
+    session = await manager.create(
+        body["sdp"], str(body.get("type")), mode=_mode(body.get("mode")), kind="offer"
+    )
+    return web.json_response(_answer_json(session))
+
+
+def _answer_json(session: Session) -> dict[str, Any]:
+    desc = session.pc.localDescription
+    return {
+        "sdp": desc.sdp,
+        "type": desc.type,
+        "session": session.id,
+        "location": f"/whip/{session.id}",
+    }
+
+
+async def whip_post(request: web.Request) -> web.Response:
+    _require_type(request, SDP_TYPE)
+    sdp = await _body_text(request)
+    manager = request.app[MANAGER_KEY]
+    session = await manager.create(sdp, "offer", mode=_mode(request.query.get("mode")), kind="whip")
+    location = f"/whip/{session.id}"
+    headers = {"Location": location, "ETag": f'"{session.id}"'}
+    for server in request.app[CONFIG_KEY].ice_servers:
+        headers.setdefault("Link", f'<{server.urls}>; rel="ice-server"')
+    return web.Response(
+        status=201, text=session.pc.localDescription.sdp, content_type=SDP_TYPE, headers=headers
+    )
+
+
+async def whip_patch(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    manager.get(_session_id(request))  # 404 before 415 for an unknown session
+    _require_type(request, TRICKLE_TYPE)
+    fragment = await _body_text(request)
+    await manager.add_candidates(_session_id(request), fragment)
+    return web.Response(status=204)
+
+
+async def session_delete(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    manager.get(_session_id(request))
+    await manager.close(_session_id(request), "closed")
+    return web.Response(status=200)
+
+
+async def whip_options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, **CORS_HEADERS})
+
+
+# -- streams and controls --------------------------------------------------------------
+async def streams(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    return web.json_response(
+        {
+            "active": manager.active,
+            "capacity": manager.capacity,
+            "draining": manager.draining,
+            "streams": [s.snapshot() for s in manager.sessions.values()],
+        }
+    )
+
+
+async def stream(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MANAGER_KEY].get(_session_id(request)).snapshot())
+
+
+async def control(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    manager.get(_session_id(request))
+    _require_type(request, "application/json")
+    text = await _body_text(request)
+    try:
+        state = manager.control(_session_id(request), text)
+    except ValueError as exc:
+        raise BadOffer(str(exc)) from exc
+    return web.json_response(state)
+
+
+# -- operations ------------------------------------------------------------------------
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "loop_lag_ms": 1e3 * request.app[LAG_KEY].last_s})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    body = {
+        "ready": manager.ready,
+        "active": manager.active,
+        "capacity": manager.capacity,
+        "draining": manager.draining,
+    }
+    headers = None if manager.ready else {"Retry-After": str(request.app[CONFIG_KEY].retry_after_s)}
+    return web.json_response(body, status=200 if manager.ready else 503, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS_KEY].registry)
+    response = web.Response(body=data)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def client_config(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    return web.json_response({"iceServers": [s.as_json() for s in config.ice_servers]})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[CONFIG_KEY].static_dir / "index.html")
+
+
+# -- factory ---------------------------------------------------------------------------
+def create_app(
+    config: Config,
+    enhancer_factory: Callable[[], Enhancer],
+    *,
+    worker_index: int = 0,
+) -> web.Application:
+    """One worker's app. The factory makes one Enhancer per stream (model loaded already)."""
+    app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
+    app_metrics = Metrics(per_stream_limit=config.per_stream_metrics_limit)
+    manager = SessionManager(config, enhancer_factory, app_metrics, worker_index=worker_index)
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = app_metrics
+    app[MANAGER_KEY] = manager
+    app[LAG_KEY] = LoopLagMonitor(app_metrics)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await app[LAG_KEY].start()
+        await app[MANAGER_KEY].start()
+        yield
+        await app[MANAGER_KEY].stop()
+        await app[LAG_KEY].stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_post("/offer", offer)
+    r.add_post("/whip", whip_post)
+    r.add_route("OPTIONS", "/whip", whip_options)
+    r.add_route("OPTIONS", "/whip/{id}", whip_options)
+    r.add_patch("/whip/{id}", whip_patch)
+    r.add_delete("/whip/{id}", session_delete)
+    r.add_get("/streams", streams)
+    r.add_get("/streams/{id}", stream)
+    r.add_delete("/streams/{id}", session_delete)
+    r.add_post("/streams/{id}/control", control)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/config.json", client_config)
+    r.add_get("/", index)
+    if config.static_dir.is_dir():
+        r.add_static("/static/", config.static_dir)
+    return app
+
+
+def app_manager(app: web.Application) -> SessionManager:
+    return cast(SessionManager, app[MANAGER_KEY])

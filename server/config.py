@@ -1,0 +1,213 @@
+"""Service configuration: one frozen record, built once from flags and PERCEPNET_* variables.
+
+Precedence: command-line flag > environment variable > default. Library code raises
+ConfigError; only main() turns it into an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+ENV_PREFIX = "PERCEPNET_"
+PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
+
+Offload = Literal["inline", "thread"]
+
+
+class ConfigError(ValueError):
+    """An unusable setting (bad number, malformed ICE server URL...)."""
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN/TURN server, as handed to aiortc and to the browser page."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        out = {"urls": self.urls}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    model: Path | None = None
+    """ONNX model; None: the package default (models/percepnet-int8.onnx)."""
+    unity_gains: bool = False
+    """Run the full DSP with unity gains and no model (tests, benchmarks, wiring checks)."""
+    max_streams: int = 64
+    """Concurrent streams across all workers; beyond it offers get 503 + Retry-After."""
+    workers: int = 1
+    """Worker processes, each with its own event loop; >1 puts a router in front."""
+    ice_servers: tuple[IceServer, ...] = ()
+    """Empty by default: no public STUN on a closed network."""
+    auth_token: str | None = None
+    """Bearer token required on signalling and control endpoints when set."""
+    offload: Offload = "inline"
+    """Where the enhancer runs: on the event loop (measured cheaper) or in one thread."""
+    frame_deadline_ms: float = 60.0
+    """A frame arriving this much later than its best-case arrival passes through."""
+    max_body_bytes: int = 64 * 1024
+    """Largest signalling body accepted (an SDP offer is a few kB)."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM: wait this long for streams to end before closing them."""
+    retry_after_s: int = 5
+    connect_timeout_s: float = 20.0
+    """A session whose peer has not connected by then is closed."""
+    idle_timeout_s: float = 10.0
+    """A connected session that has received no audio for this long is closed."""
+    stats_interval_s: float = 0.1
+    """Period of the voice-activity/stats messages on the data channel."""
+    per_stream_metrics_limit: int = 64
+    """At most this many per-stream Prometheus series per worker (the rest: /streams only)."""
+    static_dir: Path = field(default=PACKAGE_STATIC)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port out of range: {self.port}")
+        if self.max_streams < 1:
+            raise ConfigError("max streams must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.workers > self.max_streams:
+            raise ConfigError("more workers than max streams")
+        if self.offload not in ("inline", "thread"):
+            raise ConfigError(f"offload must be inline or thread, not {self.offload!r}")
+        if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
+            raise ConfigError("deadline, body size and drain timeout must be positive")
+
+    def worker_capacity(self, index: int) -> int:
+        """Streams worker `index` may hold: max_streams split as evenly as possible."""
+        base, extra = divmod(self.max_streams, self.workers)
+        return base + (1 if index < extra else 0)
+
+    def for_worker(self, index: int) -> Config:
+        return replace(self, workers=1, max_streams=self.worker_capacity(index))
+
+
+def parse_ice_server(spec: str) -> IceServer:
+    """`turn:host:3478?transport=udp` or `turns:user:secret@host:5349` or `stun:host:3478`.
+
+    Credentials for TURN are given as `scheme:username:credential@host:port`.
+    """
+    spec = spec.strip()
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in ("stun", "turn", "turns") or not rest:
+        raise ConfigError(f"ICE server must start with stun:, turn: or turns:, got {spec!r}")
+    if "@" in rest:
+        creds, _, hostpart = rest.rpartition("@")
+        user, sep, secret = creds.partition(":")
+        if not sep or not user or not hostpart:
+            raise ConfigError(f"ICE server credentials must be user:secret@host, got {spec!r}")
+        return IceServer(urls=f"{scheme}:{hostpart}", username=user, credential=secret)
+    if scheme != "stun":
+        raise ConfigError(f"TURN server needs user:secret@host, got {spec!r}")
+    return IceServer(urls=spec)
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="percepnet-server",
+        description="PercepNet WebRTC speech-enhancement service. Every flag also reads "
+        "PERCEPNET_<FLAG> from the environment (e.g. PERCEPNET_MAX_STREAMS).",
+    )
+    p.add_argument("--host", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.add_argument("--model", help="ONNX model path (default models/percepnet-int8.onnx)")
+    p.add_argument(
+        "--unity-gains",
+        action="store_const",
+        const="1",
+        help="no model: run the DSP with unity gains (testing and benchmarks only)",
+    )
+    p.add_argument("--max-streams", type=int, help="concurrent streams, all workers (64)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        dest="ice_servers",
+        help="stun:host:port or turn:user:secret@host:port; repeatable "
+        "(env: comma-separated PERCEPNET_ICE_SERVERS). Default: none",
+    )
+    p.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN' (default: off)")
+    p.add_argument("--offload", choices=["inline", "thread"], help="where the enhancer runs")
+    p.add_argument("--frame-deadline-ms", type=float, help="late frames pass through (60)")
+    p.add_argument("--max-body-bytes", type=int, help="largest signalling body (65536)")
+    p.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (30)")
+    p.add_argument("--static-dir", help="directory of the browser page")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (INFO)")
+    return p
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag_or_env(value: object, env: Mapping[str, str], name: str) -> str | None:
+    if value is not None:
+        return str(value)
+    return env.get(ENV_PREFIX + name.upper())
+
+
+def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Parse flags (argv without the program name) over PERCEPNET_* variables over defaults."""
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    kw: dict[str, object] = {}
+
+    def get(name: str) -> str | None:
+        return _flag_or_env(getattr(args, name), env, name)
+
+    def number(name: str, kind: type[int] | type[float]) -> None:
+        raw = get(name)
+        if raw is not None:
+            try:
+                kw[name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: not a number: {raw!r}") from exc
+
+    for name in ("host", "auth_token", "offload", "log_level"):
+        raw = get(name)
+        if raw is not None and raw != "":
+            kw[name] = raw
+    for name in ("port", "max_streams", "workers", "max_body_bytes"):
+        number(name, int)
+    for name in ("frame_deadline_ms", "drain_timeout_s"):
+        number(name, float)
+    if (raw := get("model")) is not None and raw:
+        kw["model"] = Path(raw)
+    if (raw := get("static_dir")) is not None and raw:
+        kw["static_dir"] = Path(raw)
+    if (raw := get("unity_gains")) is not None:
+        if raw.lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"unity_gains: expected a boolean, got {raw!r}")
+        kw["unity_gains"] = raw.lower() in _TRUE
+    if args.ice_servers:
+        specs: list[str] = list(args.ice_servers)
+    else:
+        specs = [s for s in env.get(ENV_PREFIX + "ICE_SERVERS", "").split(",") if s.strip()]
+    kw["ice_servers"] = tuple(parse_ice_server(s) for s in specs)
+    if "workers" not in kw:
+        kw["workers"] = min(default_workers(), int(kw.get("max_streams", Config.max_streams)))  # type: ignore[call-overload]
+    return Config(**kw)  # type: ignore[arg-type]

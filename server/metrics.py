@@ -1,0 +1,107 @@
+"""Prometheus metrics of one worker, in a registry of its own (never the process default).
+
+Per-stream series carry a `stream` label; they are created for at most
+`per_stream_limit` streams at a time and removed when the stream ends, so the label
+set stays bounded. Everything per stream is also in /streams.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Per-frame processing time: 0.1 ms .. 50 ms (seconds).
+FRAME_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+# Event-loop lag: how late a periodic wake-up ran (seconds).
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self, per_stream_limit: int = 64) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.per_stream_limit = per_stream_limit
+        self._labelled: set[str] = set()
+
+        self.active_streams = Gauge(
+            "percepnet_active_streams", "Streams with a live peer connection", registry=r
+        )
+        self.capacity = Gauge(
+            "percepnet_stream_capacity", "Streams this worker accepts", registry=r
+        )
+        self.sessions = Counter(
+            "percepnet_sessions", "Sessions by outcome", ["outcome"], registry=r
+        )
+        self.frames = Counter(
+            "percepnet_frames",
+            "10 ms enhancer frames by outcome: processed (enhanced or runtime-bypassed by "
+            "the enhancer), bypassed (late: passed through), failed (error: passed through)",
+            ["outcome"],
+            registry=r,
+        )
+        self.frame_seconds = Histogram(
+            "percepnet_frame_processing_seconds",
+            "Processing time per 10 ms enhancer frame (conversion included)",
+            buckets=FRAME_BUCKETS,
+            registry=r,
+        )
+        self.added_latency = Gauge(
+            "percepnet_added_latency_seconds",
+            "Delay the enhancer adds to the audio (algorithmic + buffering), last stream set",
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "percepnet_event_loop_lag_seconds",
+            "Lateness of a periodic event-loop wake-up",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "percepnet_event_loop_lag_max_seconds",
+            "Largest event-loop lag over the last monitoring window",
+            registry=r,
+        )
+        self.control_messages = Counter(
+            "percepnet_control_messages",
+            "Control messages (data channel and HTTP) by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_cpu = Gauge(
+            "percepnet_stream_cpu_seconds",
+            "CPU seconds spent on one stream's audio processing",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_voice_activity = Gauge(
+            "percepnet_stream_voice_activity",
+            "Voice-activity estimate 0..1",
+            ["stream"],
+            registry=r,
+        )
+        self.draining = Gauge("percepnet_draining", "1 while draining on SIGTERM", registry=r)
+        for outcome in ("processed", "bypassed", "failed"):
+            self.frames.labels(outcome)
+        for outcome in ("accepted", "rejected_full", "rejected_draining", "failed", "closed"):
+            self.sessions.labels(outcome)
+        for outcome in ("applied", "ignored"):
+            self.control_messages.labels(outcome)
+
+    def stream_started(self, stream_id: str) -> bool:
+        """Reserve per-stream series for `stream_id`; False when the cap is reached."""
+        if len(self._labelled) >= self.per_stream_limit:
+            return False
+        self._labelled.add(stream_id)
+        self.stream_cpu.labels(stream_id).set(0.0)
+        self.stream_voice_activity.labels(stream_id).set(0.0)
+        return True
+
+    def stream_update(self, stream_id: str, cpu_seconds: float, voice_activity: float) -> None:
+        if stream_id in self._labelled:
+            self.stream_cpu.labels(stream_id).set(cpu_seconds)
+            self.stream_voice_activity.labels(stream_id).set(voice_activity)
+
+    def stream_ended(self, stream_id: str) -> None:
+        if stream_id in self._labelled:
+            self._labelled.discard(stream_id)
+            self.stream_cpu.remove(stream_id)
+            self.stream_voice_activity.remove(stream_id)

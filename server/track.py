@@ -1,0 +1,264 @@
+"""The denoising media track: remote audio in, enhanced audio out, one constant format.
+
+aiortc hands over s16 stereo 48 kHz frames of 960 samples (20 ms). Each is downmixed
+to mono float, cut into FRAME_SIZE (10 ms) enhancer frames, and returned as one s16
+stereo 48 kHz frame with the input's pts/time_base (stereo so the Opus encoder does
+not apply its -3 dB mono upmix; never changing format, because the encoder's
+resampler is fixed by the first frame).
+
+Nothing raises out of recv() except MediaStreamError at the end of the source: a
+frame whose processing fails, or that arrives later than the deadline (the consumer
+fell behind and the remote queue grows), passes through - delayed by the same
+LATENCY_SAMPLES so the stream stays continuous - and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, SAMPLE_RATE
+from percepnet.enhancer import Enhancer
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+OUT_CHANNELS = 2
+OUT_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+INT16_SCALE = 32768.0
+DRIFT_ALLOWANCE = 1e-3
+"""Seconds per media second the lateness baseline may rise: absorbs clock drift between
+sender and us (~100 ppm) without ever calling a real backlog (>= 5 % slower) on time."""
+
+
+@dataclass
+class StreamStats:
+    """Per-stream counters read by the session's stats task (same thread as recv)."""
+
+    frames_processed: int = 0
+    frames_bypassed: int = 0
+    frames_failed: int = 0
+    packets: int = 0
+    cpu_seconds: float = 0.0
+    last_frame_ms: float = 0.0
+    level_in_db: float = -120.0
+    level_out_db: float = -120.0
+    late_by_ms: float = 0.0
+    padding_samples: int = 0
+
+
+def level_db(x: FloatArray) -> float:
+    """RMS level in dBFS of a float signal in [-1, 1]."""
+    return float(10.0 * np.log10(np.mean(np.square(x)) + 1e-12))
+
+
+def to_mono(frame: av.AudioFrame) -> FloatArray:
+    """Any PyAV audio frame -> mono float64 in [-1, 1] at the frame's own rate."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    # planar: one row per channel; packed: channels interleaved in one row
+    samples = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
+    if samples.dtype == np.int16:
+        mono = samples.astype(np.float64).mean(axis=0) / INT16_SCALE
+    elif samples.dtype == np.int32:
+        mono = samples.astype(np.float64).mean(axis=0) / 2.0**31
+    else:
+        mono = samples.astype(np.float64).mean(axis=0)
+    return mono
+
+
+def to_stereo_s16(y: FloatArray, pts: int | None, time_base: fractions.Fraction) -> av.AudioFrame:
+    """Mono float -> packed s16 stereo AudioFrame at SAMPLE_RATE (clipped before the cast)."""
+    pcm = np.clip(np.rint(y * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(
+        np.repeat(pcm, OUT_CHANNELS).reshape(1, -1), format="s16", layout="stereo"
+    )
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = time_base
+    return frame
+
+
+class StreamProcessor:
+    """The synchronous part: mono float in, mono float out, same length.
+
+    enhancer=None is the pass-through mode (no DSP, no delay). Otherwise output is the
+    enhancer's (LATENCY_SAMPLES late); frames that are late or fail are replaced by
+    the input delayed by the same amount. Not thread-safe: one call at a time.
+    """
+
+    def __init__(self, enhancer: Enhancer | None, metrics: Metrics, stats: StreamStats) -> None:
+        self.enhancer = enhancer
+        self.metrics = metrics
+        self.stats = stats
+        self._pending = np.zeros(0)
+        self._ready = np.zeros(0)
+        self._delay = np.zeros(LATENCY_SAMPLES if enhancer is not None else 0)
+
+    @property
+    def latency_samples(self) -> int:
+        base = LATENCY_SAMPLES if self.enhancer is not None else 0
+        return base + self.stats.padding_samples
+
+    def process(self, x: FloatArray, late: bool) -> FloatArray:
+        start_cpu = time.thread_time()
+        start = time.perf_counter()
+        data = np.concatenate([self._pending, x]) if self._pending.size else x
+        n = len(data) // FRAME_SIZE
+        outs = [self._frame(data[i * FRAME_SIZE : (i + 1) * FRAME_SIZE], late) for i in range(n)]
+        self._pending = data[n * FRAME_SIZE :].copy()
+        ready = np.concatenate([self._ready, *outs]) if outs else self._ready
+        if len(ready) < len(x):  # input not a multiple of FRAME_SIZE: buffer once, for good
+            pad = len(x) - len(ready)
+            self.stats.padding_samples += pad
+            ready = np.concatenate([np.zeros(pad), ready])
+        y, self._ready = ready[: len(x)], ready[len(x) :]
+        elapsed = time.perf_counter() - start
+        if n:
+            per_frame = elapsed / n
+            for _ in range(n):
+                self.metrics.frame_seconds.observe(per_frame)
+            self.stats.last_frame_ms = 1e3 * per_frame
+        self.stats.cpu_seconds += time.thread_time() - start_cpu
+        return y
+
+    def _frame(self, chunk: FloatArray, late: bool) -> FloatArray:
+        if self.enhancer is None:
+            self._count("processed")
+            return chunk
+        line = np.concatenate([self._delay, chunk])
+        delayed, self._delay = line[:FRAME_SIZE], line[FRAME_SIZE:]
+        if late:
+            self._count("bypassed")
+            return delayed
+        try:
+            out = np.asarray(self.enhancer.process(chunk), dtype=np.float64)
+            if out.shape != (FRAME_SIZE,) or not np.isfinite(out).all():
+                raise ValueError(f"enhancer returned {out.shape} {out.dtype} with non-finite")
+        except Exception:
+            log.exception("enhancer frame failed; passing it through")
+            self._count("failed")
+            try:  # its state may be half-updated: start clean rather than glitch on
+                self.enhancer.reset()
+            except Exception:
+                log.exception("enhancer reset failed")
+            return delayed
+        self._count("processed")
+        return out
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.frames.labels(outcome).inc()
+        if outcome == "processed":
+            self.stats.frames_processed += 1
+        elif outcome == "bypassed":
+            self.stats.frames_bypassed += 1
+        else:
+            self.stats.frames_failed += 1
+
+
+class LatenessClock:
+    """How much later than its best-case arrival a frame reached us (seconds).
+
+    offset = arrival - media time; the baseline is the smallest offset seen, allowed
+    to rise by DRIFT_ALLOWANCE per media second so sender clock drift is forgiven.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._baseline: float | None = None
+        self._last_media: float | None = None
+
+    def late_by(self, media_time: float) -> float:
+        offset = self._clock() - media_time
+        if self._baseline is None or self._last_media is None:
+            self._baseline = offset
+        else:
+            step = max(0.0, media_time - self._last_media)
+            self._baseline = min(offset, self._baseline + DRIFT_ALLOWANCE * step)
+        self._last_media = media_time
+        return offset - self._baseline
+
+
+class EnhancedTrack(MediaStreamTrack):
+    """Wraps the peer's remote audio track; its recv() is what we send back."""
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        processor: StreamProcessor,
+        *,
+        deadline_s: float,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.processor = processor
+        self.stats = processor.stats
+        self.deadline_s = deadline_s
+        self.executor = executor
+        self._lateness = LatenessClock(time.monotonic)
+        self._resampler: av.AudioResampler | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await self.source.recv()  # MediaStreamError here ends the stream normally
+        if not isinstance(frame, av.AudioFrame):
+            raise MediaStreamError("not an audio frame")
+        try:
+            return await self._enhance(frame)
+        except Exception:
+            log.exception("frame conversion failed; sending silence of the same length")
+            self.processor.metrics.frames.labels("failed").inc()
+            self.stats.frames_failed += 1
+            samples = max(1, frame.samples * SAMPLE_RATE // max(1, frame.sample_rate))
+            return to_stereo_s16(np.zeros(samples), frame.pts, frame.time_base or OUT_TIME_BASE)
+
+    async def _enhance(self, frame: av.AudioFrame) -> av.AudioFrame:
+        pts, time_base = frame.pts, frame.time_base
+        if frame.sample_rate != SAMPLE_RATE:  # not Opus: bring it to the internal rate
+            frame, pts, time_base = self._resample(frame)
+        late_by = 0.0
+        if pts is not None and time_base is not None:
+            late_by = self._lateness.late_by(float(pts * time_base))
+        self.stats.late_by_ms = 1e3 * late_by
+        late = late_by > self.deadline_s
+        x = to_mono(frame)
+        if self.executor is None:
+            y = self.processor.process(x, late)
+        else:
+            loop = asyncio.get_running_loop()
+            y = await loop.run_in_executor(self.executor, self.processor.process, x, late)
+        self.stats.packets += 1
+        self.stats.level_in_db = level_db(x)
+        self.stats.level_out_db = level_db(y)
+        return to_stereo_s16(y, pts, time_base or OUT_TIME_BASE)
+
+    def _resample(
+        self, frame: av.AudioFrame
+    ) -> tuple[av.AudioFrame, int | None, fractions.Fraction]:
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
+        pieces = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        pcm = np.concatenate(pieces).astype(np.int16) if pieces else np.zeros(0, dtype=np.int16)
+        out = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
+        out.sample_rate = SAMPLE_RATE
+        pts = None
+        if frame.pts is not None and frame.time_base is not None:
+            pts = int(frame.pts * frame.time_base * SAMPLE_RATE)
+        return out, pts, OUT_TIME_BASE
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()

@@ -31,6 +31,7 @@ from percepnet.constants import (
     HISTORY_SAMPLES,
     LOOKAHEAD_FRAMES,
     NB_BANDS,
+    NB_BINS,
     NB_FEATURES,
     PITCH_MAX,
     PITCH_MIN,
@@ -80,41 +81,42 @@ class Frames:
 class Analyzer:
     """Stateful analysis: the pitch tracker's Viterbi state and the pending frames.
 
-    Frames l < 0 (before the stream started) are silent; their coarse lags are the
-    states' own lags so the pitch path starts from a defined place.
+    The newest frame's spectrum and coarse pitch scores wait LOOKAHEAD_FRAMES steps
+    until that frame is decided. Frames l < 0 (before the stream started) are
+    silent; their pending entries are zeros.
     """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self._viterbi = pitch.ViterbiState.initial()
-        self._pending_lags = np.tile(pitch.STATE_LAGS_D, (LOOKAHEAD_FRAMES, 1))
+        self._viterbi = pitch.ViterbiState()
+        self._pending_scores = np.zeros((LOOKAHEAD_FRAMES, len(pitch.LAG_TO_STATE)))
+        self._pending_Y = np.zeros((LOOKAHEAD_FRAMES, NB_BINS), dtype=np.complex128)
+        self._pending_E = np.zeros((LOOKAHEAD_FRAMES, NB_BANDS))
         self._step = 0
 
     def process(self, buffers: FloatArray) -> Frames:
         """Analyse F consecutive steps given their [F, BUFFER_SAMPLES] input buffers."""
         n = buffers.shape[0]
-        newest = buffers[:, NEWEST]
-        Y_new = analysis(newest)
+        Y_new = analysis(buffers[:, NEWEST])
         E_new = band_energy(Y_new)
 
-        segments = pitch.decimate(buffers[:, BUFFER_SAMPLES - pitch.SEGMENT :])
-        obs, lags = pitch.pool_states(pitch.coarse_scores(segments))
-        all_lags = np.concatenate([self._pending_lags, lags])  # rows: frames l = j - M
+        scores = pitch.coarse_scores(pitch.decimate(buffers[:, BUFFER_SAMPLES - pitch.SEGMENT :]))
+        obs = pitch.pool_states(scores)
+        all_scores = np.concatenate([self._pending_scores, scores])  # row i: frame l of step i
         coarse = np.empty(n, dtype=np.int64)
         for i in range(n):
-            s = pitch.viterbi_step(self._viterbi, obs[i])
-            coarse[i] = all_lags[i, s]
-        self._pending_lags = all_lags[n:]
+            coarse[i] = pitch.state_lag(all_scores[i], self._viterbi.step(obs[i]))
+        self._pending_scores = all_scores[n:]
+        all_Y = np.concatenate([self._pending_Y, Y_new])
+        all_E = np.concatenate([self._pending_E, E_new])
+        Y, E_y = all_Y[:n], all_E[:n]
+        self._pending_Y, self._pending_E = all_Y[n:], all_E[n:]
 
-        windows = buffers[:, DECIDED]
-        hist = buffers[:, WIN_END - pitch.REFINE_HISTORY : WIN_END]
-        period, corr = pitch.refine(windows, hist, coarse)
+        period, corr = pitch.refine(buffers[:, WIN_END - pitch.REFINE_HISTORY : WIN_END], coarse)
         c = comb_weights(period)
         P = analysis(comb_filter(buffers, period, c))
-        Y = analysis(windows)
-        E_y = band_energy(Y)
         E_p = band_energy(P)
         q_y = coherence(band_cross(Y, P), E_y, E_p)
 

@@ -64,8 +64,7 @@ BAND_WEIGHTS_T: FloatArray = np.ascontiguousarray(BAND_WEIGHTS.T)
 
 def band_energy(spectrum: ComplexArray) -> FloatArray:
     """E_b = sum_k w_b(k) |X(k)|^2 for [..., NB_BINS] spectra -> [..., NB_BANDS]."""
-    power = spectrum.real**2 + spectrum.imag**2
-    return np.asarray(power @ BAND_WEIGHTS_T)
+    return np.asarray(np.square(np.abs(spectrum)) @ BAND_WEIGHTS_T)
 
 
 def band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
@@ -80,4 +79,4 @@ def interp_band_gain(g: FloatArray) -> FloatArray:
 
 def coherence(cross: FloatArray, e_a: FloatArray, e_b: FloatArray) -> FloatArray:
     """Normalised band correlation clipped to [0, 1]."""
-    return np.clip(cross / np.sqrt(e_a * e_b + EPS), 0.0, 1.0)
+    return np.minimum(np.maximum(cross / np.sqrt(e_a * e_b + EPS), 0.0), 1.0)

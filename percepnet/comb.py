@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.constants import COMB_PERIODS, HISTORY_SAMPLES, LOOKAHEAD_SAMPLES, WINDOW_SIZE
+from percepnet.constants import (
+    COMB_PERIODS,
+    HISTORY_SAMPLES,
+    LOOKAHEAD_SAMPLES,
+    PITCH_MAX,
+    WINDOW_SIZE,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -22,15 +28,25 @@ TAP_OFFSETS = np.arange(-COMB_PERIODS, COMB_PERIODS + 1)
 HANN_WEIGHTS = 0.5 * (1.0 + np.cos(np.pi * TAP_OFFSETS / (COMB_PERIODS + 1)))
 """Un-normalised Hann weights over the 2K + 1 taps."""
 
+_WINDOW_RANGE = np.arange(WINDOW_SIZE)
 CONTEXT_SAMPLES = HISTORY_SAMPLES + WINDOW_SIZE + LOOKAHEAD_SAMPLES
 """Samples one frame's comb filter reads: history, the window, the lookahead."""
 
 
-def comb_weights(period: IntArray) -> FloatArray:
-    """[F] periods -> [F, 2K + 1] weights c_k, zero for taps beyond the lookahead."""
+def _weight_table() -> FloatArray:
+    """[PITCH_MAX + 1, 2K + 1] weights c_k for every period, zero beyond the lookahead."""
+    period = np.arange(PITCH_MAX + 1)
     reach = -TAP_OFFSETS[None, :] * period[:, None]  # how far into the future each tap reads
     w = np.where(reach <= LOOKAHEAD_SAMPLES, HANN_WEIGHTS[None, :], 0.0)
     return np.asarray(w / w.sum(axis=1, keepdims=True))
+
+
+_WEIGHTS = _weight_table()
+
+
+def comb_weights(period: IntArray) -> FloatArray:
+    """[F] periods -> [F, 2K + 1] normalised weights c_k."""
+    return np.asarray(_WEIGHTS[period])
 
 
 def comb_noise_gain(weights: FloatArray) -> FloatArray:
@@ -45,8 +61,8 @@ def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> F
     WINDOW_SIZE); period: [F]; weights: [F, 2K + 1]. Returns [F, WINDOW_SIZE].
     """
     # Dropped taps (weight 0) may point past the context: clamp them to a valid place.
-    start = HISTORY_SAMPLES - TAP_OFFSETS[None, :] * period[:, None]  # [F, taps]
-    start = np.minimum(start, CONTEXT_SAMPLES - WINDOW_SIZE)
-    idx = start[..., None] + np.arange(WINDOW_SIZE)  # [F, taps, W]
-    taps = np.take_along_axis(context[:, None, :], idx, axis=-1)
-    return np.asarray(np.einsum("ftw,ft->fw", taps, weights))
+    start = np.minimum(HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE)
+    out = np.empty((len(context), WINDOW_SIZE))
+    for i, row in enumerate(context):
+        out[i] = weights[i] @ row[start[i, :, None] + _WINDOW_RANGE]  # [taps] @ [taps, W]
+    return out

@@ -37,8 +37,10 @@ Float32Array = npt.NDArray[np.float32]
 GainPair = tuple[FloatArray, FloatArray | None]
 """Band gains g [F, NB_BANDS] and pitch-filter strengths r [F, NB_BANDS] (None: no filter)."""
 
-# Bands whose centre lies in the main speech range, for the voice-activity estimate.
-_SPEECH_BANDS = np.flatnonzero((BAND_CENTRES * BIN_HZ >= 200) & (BAND_CENTRES * BIN_HZ <= 4000))
+# Averaging weights over the bands whose centre lies in the main speech range, for the
+# voice-activity estimate.
+_SPEECH = ((BAND_CENTRES * BIN_HZ >= 200) & (BAND_CENTRES * BIN_HZ <= 4000)).astype(np.float64)
+_VAD_WEIGHTS = _SPEECH / _SPEECH.sum()
 
 
 class GainSource(Protocol):
@@ -104,7 +106,7 @@ class Diagnostics:
 
 def voice_activity(g: FloatArray) -> float:
     """A speech-presence estimate in [0, 1]: the mean gain over the speech bands."""
-    return float(np.clip(g[..., _SPEECH_BANDS].mean(), 0.0, 1.0))
+    return min(max(float(g.reshape(-1, NB_BANDS)[-1] @ _VAD_WEIGHTS), 0.0), 1.0)
 
 
 class Enhancer:
@@ -159,7 +161,7 @@ class Enhancer:
         g = limit_attenuation(g, self.attenuation_limit_db)
         d = self.diagnostics
         d.voice_activity = voice_activity(g)
-        d.mean_gain = float(g.mean())
+        d.mean_gain = float(g.sum()) / g.size
         d.pitch_hz = float(SAMPLE_RATE / frames.period[0])
         d.pitch_correlation = float(frames.pitch_corr[0])
         if not self.enabled:

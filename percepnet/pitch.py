@@ -15,8 +15,6 @@ frame) and the whole-signal path (all frames) share the same arithmetic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
@@ -60,96 +58,104 @@ _LOG_STATES = np.log2(STATE_LAGS_D.astype(np.float64))
 TRANSITION: FloatArray = JUMP_COST * np.abs(_LOG_STATES[:, None] - _LOG_STATES[None, :])
 """[to, from] cost of moving between states."""
 
-# Index of tau/2 and tau/3 among the coarse lags (or -1 when below the search range).
-_HALF = np.where(_LAGS_D // 2 >= LAG_D_MIN, np.round(_LAGS_D / 2).astype(int) - LAG_D_MIN, -1)
-_THIRD = np.where(_LAGS_D // 3 >= LAG_D_MIN, np.round(_LAGS_D / 3).astype(int) - LAG_D_MIN, -1)
-# Gather matrix pooling coarse lags into states: one-hot [lags, states].
-_POOL_MASK = np.full((len(_LAGS_D), NB_STATES), -np.inf)
-_POOL_MASK[np.arange(len(_LAGS_D)), LAG_TO_STATE] = 0.0
+# Index of tau/2 and tau/3 among the coarse lags; below the search range they point at
+# a sentinel zero appended after the last lag.
+_NL = len(_LAGS_D)
+_HALF_IDX = np.where(_LAGS_D // 2 >= LAG_D_MIN, np.round(_LAGS_D / 2).astype(int) - LAG_D_MIN, _NL)
+_THIRD_IDX = np.where(_LAGS_D // 3 >= LAG_D_MIN, np.round(_LAGS_D / 3).astype(int) - LAG_D_MIN, _NL)
+# States pool contiguous runs of coarse lags: run boundaries for np.maximum.reduceat.
+_STATE_STARTS = np.flatnonzero(np.diff(LAG_TO_STATE, prepend=-1))
+assert len(_STATE_STARTS) == NB_STATES
+_STATE_ENDS = np.append(_STATE_STARTS[1:], _NL)
+_QUARTER = np.full(DECIMATION, 1.0 / DECIMATION)
 
 
 def decimate(x: FloatArray) -> FloatArray:
     """Average blocks of DECIMATION samples ([..., n] with n a multiple of DECIMATION)."""
-    return np.asarray(x.reshape(*x.shape[:-1], -1, DECIMATION).mean(axis=-1))
+    return np.asarray(x.reshape(*x.shape[:-1], -1, DECIMATION) @ _QUARTER)
 
 
 def coarse_scores(segments_d: FloatArray) -> FloatArray:
-    """[..., SEGMENT_D] decimated history -> [..., lags] candidate scores.
+    """[F, SEGMENT_D] decimated history -> [F, lags] candidate scores.
 
-    The window is the last WIN_D samples; lag tau compares it with the window
-    tau samples earlier.
+    The window is the last WIN_D samples; lag tau compares it with the window tau
+    samples earlier (normalised correlation), minus SUBHARMONIC_PENALTY times the
+    correlation at tau/2 or tau/3 when that is positive.
     """
-    views = np.lib.stride_tricks.sliding_window_view(segments_d, WIN_D, axis=-1)
-    views = views[..., ::-1, :]  # index i -> lag i
-    w = segments_d[..., -WIN_D:]
-    xy = np.einsum("...lw,...w->...l", views[..., LAG_D_MIN:, :], w)
-    sq = segments_d**2
-    csum = np.concatenate([np.zeros((*sq.shape[:-1], 1)), np.cumsum(sq, axis=-1)], axis=-1)
-    # energy of the window starting at SEGMENT_D - WIN_D - lag
-    starts = SEGMENT_D - WIN_D - _LAGS_D
-    e_lag = csum[..., starts + WIN_D] - csum[..., starts]
-    e_w = csum[..., -1:] - csum[..., -WIN_D - 1 : -WIN_D]
-    r = xy / np.sqrt(e_w * e_lag + 1e-12)
-    sub = np.maximum(
-        np.where(_HALF >= 0, r[..., np.maximum(_HALF, 0)], 0.0),
-        np.where(_THIRD >= 0, r[..., np.maximum(_THIRD, 0)], 0.0),
-    )
-    return np.asarray(r - SUBHARMONIC_PENALTY * np.maximum(sub, 0.0))
+    out = np.empty((len(segments_d), _NL))
+    r = np.zeros(_NL + 1)  # last entry: the sentinel
+    csum = np.zeros(SEGMENT_D + 1)
+    for i, seg in enumerate(segments_d):
+        # 'valid' output k compares the window with seg[k : k + WIN_D], i.e. lag SEGMENT_D - WIN_D - k
+        xy = np.correlate(seg, seg[-WIN_D:], "valid")
+        np.cumsum(seg * seg, out=csum[1:])
+        energy = csum[WIN_D:] - csum[:-WIN_D]  # of the window starting at k
+        rev = xy / np.sqrt(energy * energy[-1] + 1e-12)
+        r[:_NL] = rev[SEGMENT_D - WIN_D - LAG_D_MIN :: -1]
+        sub = np.maximum(np.maximum(r[_HALF_IDX], r[_THIRD_IDX]), 0.0)
+        out[i] = r[:_NL] - SUBHARMONIC_PENALTY * sub
+    return out
 
 
-def pool_states(scores: FloatArray) -> tuple[FloatArray, IntArray]:
-    """Best score per state and the coarse lag that achieved it."""
-    pooled = scores[..., :, None] + _POOL_MASK  # [..., lags, states]
-    best = pooled.argmax(axis=-2)
-    obs = np.take_along_axis(pooled, best[..., None, :], axis=-2)[..., 0, :]
-    return np.asarray(obs), np.asarray(best + LAG_D_MIN, dtype=np.int64)
+def pool_states(scores: FloatArray) -> FloatArray:
+    """[F, lags] scores -> [F, NB_STATES] best score within each state's lags."""
+    return np.asarray(np.maximum.reduceat(scores, _STATE_STARTS, axis=-1))
 
 
-@dataclass
+def state_lag(scores: FloatArray, state: int) -> int:
+    """The coarse lag with the best score inside `state` (scores of one frame)."""
+    lo, hi = int(_STATE_STARTS[state]), int(_STATE_ENDS[state])
+    return int(lo + scores[lo:hi].argmax()) + LAG_D_MIN
+
+
 class ViterbiState:
     """Running Viterbi costs and the back-pointers of the last LOOKAHEAD_FRAMES frames."""
 
-    cost: FloatArray
-    back: IntArray  # [LOOKAHEAD_FRAMES, NB_STATES], oldest first
+    def __init__(self) -> None:
+        self.cost = np.zeros(NB_STATES)
+        self.back: list[IntArray] = [_IDENTITY] * LOOKAHEAD_FRAMES  # oldest first
 
-    @classmethod
-    def initial(cls) -> ViterbiState:
-        identity = np.tile(np.arange(NB_STATES), (LOOKAHEAD_FRAMES, 1))
-        return cls(cost=np.zeros(NB_STATES), back=identity)
-
-
-def viterbi_step(state: ViterbiState, obs: FloatArray) -> int:
-    """Add frame j's state scores; return the state decided for frame j - LOOKAHEAD_FRAMES."""
-    total = state.cost[None, :] + TRANSITION
-    prev = total.argmin(axis=1)
-    cost = total[np.arange(NB_STATES), prev] - obs
-    state.cost = cost - cost.min()
-    state.back = np.concatenate([state.back[1:], prev[None, :]])
-    s = int(state.cost.argmin())
-    for k in range(LOOKAHEAD_FRAMES - 1, -1, -1):
-        s = int(state.back[k, s])
-    return s
+    def step(self, obs: FloatArray) -> int:
+        """Add frame j's state scores; return the state decided for frame j - LOOKAHEAD_FRAMES."""
+        total = self.cost + TRANSITION  # [to, from]
+        prev = total.argmin(axis=1)
+        cost = total.min(axis=1) - obs
+        cost -= cost.min()
+        self.cost = cost
+        self.back = [*self.back[1:], prev]
+        s = int(self.cost.argmin())
+        for back in reversed(self.back):
+            s = int(back[s])
+        return s
 
 
-def refine(windows: FloatArray, history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, FloatArray]:
+_IDENTITY = np.arange(NB_STATES)
+REFINE_HISTORY = PITCH_MAX + WINDOW_SIZE
+"""Full-rate samples ending with a frame's window that the refinement reads."""
+
+
+def refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, FloatArray]:
     """Full-rate period and correlation around DECIMATION * coarse lag.
 
-    windows: [F, WINDOW_SIZE] frame windows; history: [F, PITCH_MAX + REFINE_RADIUS +
-    WINDOW_SIZE] samples ending where each window ends; coarse_lag_d: [F].
-    Returns T [F] in samples and the normalised correlation at T in [0, 1].
+    history: [F, REFINE_HISTORY] samples ending with each frame's window (the last
+    WINDOW_SIZE); coarse_lag_d: [F]. Returns T [F] in samples and the normalised
+    correlation at T, clipped to [0, 1].
     """
-    offsets = np.arange(-REFINE_RADIUS, REFINE_RADIUS + 1)
-    lags = np.clip(coarse_lag_d[:, None] * DECIMATION + offsets[None, :], PITCH_MIN, PITCH_MAX)
-    n_hist = history.shape[-1]
-    idx = (n_hist - WINDOW_SIZE - lags)[..., None] + np.arange(WINDOW_SIZE)  # [F, L, W]
-    shifted = np.take_along_axis(history[:, None, :], idx, axis=-1)
-    xy = np.einsum("flw,fw->fl", shifted, windows)
-    e_s = np.einsum("flw,flw->fl", shifted, shifted)
-    e_w = np.einsum("fw,fw->f", windows, windows)
-    r = xy / np.sqrt(e_w[:, None] * e_s + 1e-12)
-    best = r.argmax(axis=1)
-    rows = np.arange(len(best))
-    return lags[rows, best].astype(np.int64), np.clip(r[rows, best], 0.0, 1.0)
-
-
-REFINE_HISTORY = PITCH_MAX + REFINE_RADIUS + WINDOW_SIZE
+    n = len(history)
+    lo = np.clip(coarse_lag_d * DECIMATION - REFINE_RADIUS, PITCH_MIN, PITCH_MAX - 2 * REFINE_RADIUS)
+    period = np.empty(n, dtype=np.int64)
+    corr = np.empty(n)
+    for i in range(n):
+        h = history[i]
+        win = h[-WINDOW_SIZE:]
+        # lags lo .. lo + 2R: windows starting REFINE_HISTORY - WINDOW_SIZE - lag
+        first = REFINE_HISTORY - WINDOW_SIZE - (int(lo[i]) + 2 * REFINE_RADIUS)
+        span = h[first : first + WINDOW_SIZE + 2 * REFINE_RADIUS]
+        xy = np.correlate(span, win, "valid")[::-1]  # index m: lag lo + m
+        csum = np.cumsum(span * span)
+        e = csum[WINDOW_SIZE - 1 :] - np.concatenate(([0.0], csum[: 2 * REFINE_RADIUS]))
+        r = xy / np.sqrt(float(win @ win) * e[::-1] + 1e-12)
+        m = int(r.argmax())
+        period[i] = int(lo[i]) + m
+        corr[i] = min(max(float(r[m]), 0.0), 1.0)
+    return period, corr

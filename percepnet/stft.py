@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft
 
 from percepnet.constants import FRAME_SIZE, WINDOW_SIZE
 
@@ -28,12 +29,12 @@ WINDOW.flags.writeable = False
 
 def analysis(frames: FloatArray) -> ComplexArray:
     """Windowed real FFT of [..., WINDOW_SIZE] time frames -> [..., NB_BINS] spectra."""
-    return np.fft.rfft(frames * WINDOW, axis=-1)
+    return scipy.fft.rfft(frames * WINDOW, axis=-1)
 
 
 def synthesis(spectra: ComplexArray) -> FloatArray:
     """Inverse FFT and synthesis window: [..., NB_BINS] -> [..., WINDOW_SIZE] to overlap-add."""
-    return np.fft.irfft(spectra, n=WINDOW_SIZE, axis=-1) * WINDOW
+    return scipy.fft.irfft(spectra, n=WINDOW_SIZE, axis=-1) * WINDOW
 
 
 def overlap_add(frames: FloatArray) -> FloatArray:

@@ -14,6 +14,7 @@ speechmos, pyrnnoise) are imported lazily with an install hint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -211,10 +212,8 @@ class RNNoiseReference:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def _process_int16(self, frame: npt.NDArray[np.float64]) -> FloatArray:
         """One frame in the int16 domain (float values); float output, not truncated."""

@@ -1,0 +1,243 @@
+"""Corpus splits, screening, RIR targets and the mixing recipe, on a tiny synthetic corpus."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from percepnet.constants import SAMPLE_RATE
+from percepnet.data import corpus
+from percepnet.data.corpus import DataConfig, Entry, assign_splits, bandwidth_estimate
+from percepnet.data.mix import MixConfig, MixtureGenerator, active_power, write_eval_set
+from percepnet.data.rooms import (
+    DIRECT_OFFSET,
+    EARLY_S,
+    TARGET_RT60_S,
+    RirBank,
+    estimate_rt60,
+    normalise_rir,
+    target_rir,
+)
+
+
+def voiced(seconds: float, rate: int, f0: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.5 * t))
+    ph = 2 * np.pi * np.cumsum(f) / rate
+    x = sum(np.sin(k * ph) / k for k in range(1, int(rate / 2 / f0 / 1.2)))
+    env = np.clip(np.sin(2 * np.pi * 1.5 * t + rng.uniform(0, 3)), 0, None)
+    y = x * env + 1e-3 * rng.standard_normal(len(t))
+    return np.asarray(0.3 * y / np.max(np.abs(y)))
+
+
+def decaying_rir(rt60: float, rate: int, seed: int, seconds: float = 1.2) -> np.ndarray:
+    """Exponentially decaying Gaussian noise with a direct-path spike: known RT60."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    h = 0.3 * rng.standard_normal(n) * 10 ** (-3 * t / rt60)
+    h[:20] = 0.0
+    h[10] = 5.0  # the direct path dominates every reflection
+    return h
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
+    root = tmp_path_factory.mktemp("data")
+    spk = root / "speech" / "librispeech_excerpts"
+    spk.mkdir(parents=True)
+    for s in range(12):
+        for u in range(2):
+            x = voiced(2.0, 16000, 100 + 10 * s, seed=100 * s + u)
+            sf.write(spk / f"{1000 + s}-1-{u:04d}.flac", x, 16000)
+    lj = root / "speech" / "ljspeech_subset" / "wavs"
+    lj.mkdir(parents=True)
+    sf.write(lj / "LJ001-0001.flac", voiced(3.0, 22050, 210, seed=7), 22050)
+    # Rejected by screening: silent and clipped clips.
+    sf.write(spk / "2000-1-0000.flac", np.zeros(32000), 16000)
+    sf.write(spk / "2001-1-0000.flac", np.clip(10 * voiced(2.0, 16000, 150, 3), -1, 1), 16000)
+    nz = root / "noise" / "kitchen"
+    nz.mkdir(parents=True)
+    for i in range(8):
+        sf.write(
+            nz / f"noise{i}.flac", 0.1 * np.random.default_rng(i).standard_normal(48000), 16000
+        )
+    rr = root / "rirs" / "lab"
+    rr.mkdir(parents=True)
+    for i in range(4):
+        sf.write(rr / f"r{i}.flac", decaying_rir(0.5, 16000, i), 16000)
+    cfg = DataConfig(root, tmp_path_factory.mktemp("cache"))
+    corpus.build_manifest(cfg, fetch=False, use_dnsmos=False, log=lambda _m: None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def train_rooms() -> RirBank:
+    rirs = [normalise_rir(decaying_rir(rt, SAMPLE_RATE, i)) for i, rt in enumerate((0.4, 0.8))]
+    return RirBank(rirs, [estimate_rt60(h) for h in rirs])
+
+
+def test_manifest_screening_and_disjoint_splits(tiny: DataConfig) -> None:
+    entries = corpus.load_manifest(tiny.manifest)
+    status = {Path(e.path).name: e.status for e in entries}
+    assert status["2000-1-0000.flac"] == "rejected:silent"
+    assert status["2001-1-0000.flac"] == "rejected:clipped"
+    groups: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for e in entries:
+        groups[(e.source, e.speaker)].add(e.split)
+    assert all(len(s) == 1 for s in groups.values()), groups
+    speech_splits = {e.split for e in entries if e.kind == "speech" and e.status == "ok"}
+    assert speech_splits == {"train", "dev", "test"}
+    assert {e.split for e in entries if e.source == "ljspeech"} == {"train"}
+    assert {e.split for e in entries if e.kind == "rir"} <= {"dev", "test"}
+    assert {e.split for e in entries if e.kind == "noise"} == {"train", "dev", "test"}
+    bw = [e.bandwidth_hz for e in entries if e.source == "librispeech" and e.status == "ok"]
+    assert all(6000 <= b <= 8000 for b in bw), bw
+
+
+def test_assign_splits_deterministic_and_grouped() -> None:
+    def make() -> list[Entry]:
+        return [
+            Entry("speech", "shared", f"f{i}.flac", "src", f"spk{i % 40}", duration=1.0 + i % 3)
+            for i in range(400)
+        ]
+
+    a, b = make(), make()[::-1]
+    assign_splits(a)
+    assign_splits(b)
+    assert {e.path: e.split for e in a} == {e.path: e.split for e in b}
+    by_spk: dict[str, set[str]] = defaultdict(set)
+    for e in a:
+        by_spk[e.speaker].add(e.split)
+    assert all(len(v) == 1 for v in by_spk.values())
+    total = sum(e.duration for e in a)
+    test_h = sum(e.duration for e in a if e.split == "test") / total
+    assert 0.08 <= test_h <= 0.2
+
+
+def test_real_manifest_is_speaker_disjoint() -> None:
+    path = corpus.cache_root() / "manifest.csv"
+    if not path.exists():
+        pytest.skip("no corpus manifest built here")
+    splits: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            splits[(row["kind"], row["source"], row["speaker"])].add(row["split"])
+    assert all(len(s) == 1 for s in splits.values())
+    assert not any("train" in s for k, s in splits.items() if k[0] == "rir")
+
+
+def test_bandwidth_estimate() -> None:
+    import soxr
+
+    rng = np.random.default_rng(0)
+    x16 = rng.standard_normal(16000 * 2)
+    x48 = np.asarray(soxr.resample(x16, 16000, 48000))
+    assert 7500 <= bandwidth_estimate(x48, 48000) <= 8000
+    assert bandwidth_estimate(rng.standard_normal(48000), 48000) >= 23000
+    assert bandwidth_estimate(np.zeros(4800), 48000) == 0.0
+
+
+def test_target_rir_decays_at_200ms() -> None:
+    h = normalise_rir(decaying_rir(0.9, SAMPLE_RATE, 3))
+    assert estimate_rt60(h) == pytest.approx(0.9, rel=0.1)
+    ht = target_rir(h)
+    e = DIRECT_OFFSET + int(EARLY_S * SAMPLE_RATE)
+    # Early part unchanged, late part decays with the target RT60.
+    np.testing.assert_array_equal(ht[:e], h[:e])
+    assert estimate_rt60(ht[e:]) == pytest.approx(TARGET_RT60_S, rel=0.1)
+    assert estimate_rt60(h[e:]) == pytest.approx(0.9, rel=0.1)
+    # A room drier than the target is left alone.
+    dry = normalise_rir(decaying_rir(0.1, SAMPLE_RATE, 4))
+    np.testing.assert_array_equal(target_rir(dry), dry)
+
+
+def test_target_rir_of_simulated_room() -> None:
+    pytest.importorskip("pyroomacoustics")
+    from percepnet.data.rooms import simulate_room
+
+    h, meta = simulate_room(np.random.default_rng(5))
+    assert meta["rt60"] > 0.3
+    ht = target_rir(h)
+    e = DIRECT_OFFSET + int(EARLY_S * SAMPLE_RATE)
+    assert estimate_rt60(ht[e:]) == pytest.approx(TARGET_RT60_S, rel=0.2)
+
+
+def _gen(tiny: DataConfig, rooms: RirBank, seed: int = 1, **kw: object) -> MixtureGenerator:
+    base: dict[str, object] = {"segment_s": 2.0, "clip_prob": 0.0}
+    base.update(kw)
+    return MixtureGenerator(tiny, "train", seed, MixConfig(**base), rooms=rooms)  # type: ignore[arg-type]
+
+
+def test_mixture_snr_matches_request(tiny: DataConfig, train_rooms: RirBank) -> None:
+    gen = _gen(tiny, train_rooms, noise_free_prob=0.0)
+    for i in range(12):
+        m = gen.generate(i)
+        snr = 10 * np.log10(active_power(m.speech) / np.mean(m.noise**2))
+        assert snr == pytest.approx(m.meta["snr_db"], abs=0.5), m.meta
+        assert -5.0 <= m.meta["snr_db"] <= 40.0
+        np.testing.assert_allclose(m.noisy, np.clip(m.speech + m.noise, -1, 1))
+        assert len(m.clean) == len(m.noisy) == 2 * SAMPLE_RATE
+        assert np.max(np.abs(m.noisy)) <= 1.0
+
+
+def test_mixture_reproducible_from_seed(tiny: DataConfig, train_rooms: RirBank) -> None:
+    a = _gen(tiny, train_rooms, seed=3)
+    b = _gen(tiny, train_rooms, seed=3)
+    c = _gen(tiny, train_rooms, seed=4)
+    ma, mb, mc = a.generate(5), b.generate(5), c.generate(5)
+    np.testing.assert_array_equal(ma.noisy, mb.noisy)
+    np.testing.assert_array_equal(ma.clean, mb.clean)
+    assert ma.meta == mb.meta
+    assert not np.array_equal(ma.noisy, mc.noisy)
+    # Iteration gives a new mixture every call, the same sequence for the same seed.
+    first = [next(iter(a))[1] for _ in range(3)]
+    again = [next(iter(b))[1] for _ in range(3)]
+    assert not np.array_equal(first[0], first[1])
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bandwidth_meta_respects_lowpass(tiny: DataConfig, train_rooms: RirBank) -> None:
+    gen = _gen(tiny, train_rooms, speech_lowpass_prob=1.0, lowpass_hz=(3000.0, 6000.0))
+    for i in range(6):
+        m = gen.generate(i)
+        lp = m.meta["speech_lowpass_hz"]
+        assert 3000.0 <= lp <= 6000.0
+        assert m.meta["bandwidth_hz"] == pytest.approx(min(lp, m.meta["speech_bandwidth_hz"]))
+        # The low-pass is really in the clean target: little energy an octave above.
+        spec = np.abs(np.fft.rfft(m.clean)) ** 2
+        f = np.fft.rfftfreq(len(m.clean), 1 / SAMPLE_RATE)
+        ratio = spec[f > 2 * lp].sum() / spec[f < lp].sum()
+        assert ratio < 1e-4
+    plain = _gen(tiny, train_rooms, speech_lowpass_prob=0.0).generate(0)
+    assert math.isinf(plain.meta["speech_lowpass_hz"])
+    # The tiny corpus is 16/22 kHz speech: the mask stops at its bandwidth.
+    assert plain.meta["bandwidth_hz"] <= 11025.0
+
+
+def test_room_target_is_drier_than_input(tiny: DataConfig, train_rooms: RirBank) -> None:
+    gen = _gen(tiny, train_rooms, rir_prob=1.0, noise_free_prob=1.0)
+    m = gen.generate(0)
+    assert m.meta["rir"] >= 0
+    # Noise-free: the input is the reverberant speech; the target has less tail energy.
+    assert np.sum(m.clean**2) < np.sum(m.noisy**2)
+    assert np.corrcoef(m.clean, m.noisy)[0, 1] > 0.5
+
+
+def test_eval_set_writer(tiny: DataConfig, tmp_path: Path) -> None:
+    csv_path = write_eval_set("dev", 2, tmp_path, seed=0, manifest=tiny)
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    clean, rate = sf.read(tmp_path / rows[0]["clean"])
+    noisy, _ = sf.read(tmp_path / rows[0]["noisy"])
+    assert rate == SAMPLE_RATE and clean.shape == noisy.shape
+    assert float(rows[0]["bandwidth_hz"]) > 0

@@ -238,6 +238,10 @@ class SessionManager:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
         await asyncio.gather(*(self.close(sid, "closed") for sid in list(self.sessions)))
 
+    async def wait_idle(self) -> None:
+        """Until no session is left."""
+        await self._idle.wait()
+
     @property
     def active(self) -> int:
         return len(self.sessions)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -37,6 +38,9 @@ FloatArray = npt.NDArray[np.float64]
 OUT_CHANNELS = 2
 OUT_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 INT16_SCALE = 32768.0
+FAILURE_LOG_INTERVAL_S = 10
+RESET_AFTER_FAILURES = 3
+"""Consecutive failed frames after which the enhancer state is reset."""
 DRIFT_ALLOWANCE = 1e-3
 """Seconds per media second the lateness baseline may rise: absorbs clock drift between
 sender and us (~100 ppm) without ever calling a real backlog (>= 5 % slower) on time."""
@@ -105,6 +109,8 @@ class StreamProcessor:
         self._pending = np.zeros(0)
         self._ready = np.zeros(0)
         self._delay = np.zeros(LATENCY_SAMPLES if enhancer is not None else 0)
+        self._failures_in_row = 0
+        self._last_failure_log = -math.inf
 
     @property
     def latency_samples(self) -> int:
@@ -147,13 +153,24 @@ class StreamProcessor:
             if out.shape != (FRAME_SIZE,) or not np.isfinite(out).all():
                 raise ValueError(f"enhancer returned {out.shape} {out.dtype} with non-finite")
         except Exception:
-            log.exception("enhancer frame failed; passing it through")
             self._count("failed")
-            try:  # its state may be half-updated: start clean rather than glitch on
-                self.enhancer.reset()
-            except Exception:
-                log.exception("enhancer reset failed")
+            self._failures_in_row += 1
+            now = time.monotonic()
+            if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
+                self._last_failure_log = now
+                log.exception(
+                    "enhancer frame failed; passing it through (logged once per %d s)",
+                    FAILURE_LOG_INTERVAL_S,
+                )
+            if self._failures_in_row == RESET_AFTER_FAILURES:
+                # A one-off failure leaves the history usable (a 10 ms splice); repeated
+                # ones suggest a broken state, so start clean.
+                try:
+                    self.enhancer.reset()
+                except Exception:
+                    log.exception("enhancer reset failed")
             return delayed
+        self._failures_in_row = 0
         self._count("processed")
         return out
 

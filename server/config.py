@@ -59,7 +59,7 @@ class Config:
     offload: Offload = "inline"
     """Where the enhancer runs: on the event loop (measured cheaper) or in one thread."""
     frame_deadline_ms: float = 60.0
-    """A frame arriving this much later than its best-case arrival passes through."""
+    """A frame with more than this much audio queued behind it passes through."""
     max_body_bytes: int = 64 * 1024
     """Largest signalling body accepted (an SDP offer is a few kB)."""
     drain_timeout_s: float = 30.0
@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN' (default: off)")
     p.add_argument("--offload", choices=["inline", "thread"], help="where the enhancer runs")
-    p.add_argument("--frame-deadline-ms", type=float, help="late frames pass through (60)")
+    p.add_argument(
+        "--frame-deadline-ms",
+        type=float,
+        help="frames with more queued behind them pass through (60)",
+    )
     p.add_argument("--max-body-bytes", type=int, help="largest signalling body (65536)")
     p.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (30)")
     p.add_argument("--static-dir", help="directory of the browser page")

@@ -164,7 +164,7 @@ class Session:
             "last_frame_ms": round(s.last_frame_ms, 4),
             "level_in_db": round(s.level_in_db, 2),
             "level_out_db": round(s.level_out_db, 2),
-            "late_by_ms": round(s.late_by_ms, 2),
+            "backlog_ms": round(s.backlog_ms, 2),
             "cpu_percent": round(self.cpu_percent, 3),
             "age_s": round(time.monotonic() - self.created, 3),
         }

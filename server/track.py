@@ -7,9 +7,9 @@ not apply its -3 dB mono upmix; never changing format, because the encoder's
 resampler is fixed by the first frame).
 
 Nothing raises out of recv() except MediaStreamError at the end of the source: a
-frame whose processing fails, or that arrives later than the deadline (the consumer
-fell behind and the remote queue grows), passes through - delayed by the same
-LATENCY_SAMPLES so the stream stays continuous - and is counted.
+frame whose processing fails, or that misses its deadline (more than the deadline's
+worth of frames queued behind it: we fell behind), passes through - delayed by the
+same LATENCY_SAMPLES so the stream stays continuous - and is counted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import fractions
 import logging
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -41,9 +40,6 @@ INT16_SCALE = 32768.0
 FAILURE_LOG_INTERVAL_S = 10
 RESET_AFTER_FAILURES = 3
 """Consecutive failed frames after which the enhancer state is reset."""
-DRIFT_ALLOWANCE = 1e-3
-"""Seconds per media second the lateness baseline may rise: absorbs clock drift between
-sender and us (~100 ppm) without ever calling a real backlog (>= 5 % slower) on time."""
 
 
 @dataclass
@@ -58,7 +54,7 @@ class StreamStats:
     last_frame_ms: float = 0.0
     level_in_db: float = -120.0
     level_out_db: float = -120.0
-    late_by_ms: float = 0.0
+    backlog_ms: float = 0.0
     padding_samples: int = 0
 
 
@@ -184,27 +180,15 @@ class StreamProcessor:
             self.stats.frames_failed += 1
 
 
-class LatenessClock:
-    """How much later than its best-case arrival a frame reached us (seconds).
+def queued_frames(track: MediaStreamTrack) -> int:
+    """Frames waiting in an aiortc remote track's queue (0 if it has none).
 
-    offset = arrival - media time; the baseline is the smallest offset seen, allowed
-    to rise by DRIFT_ALLOWANCE per media second so sender clock drift is forgiven.
+    RemoteStreamTrack keeps decoded frames in an unbounded asyncio.Queue `_queue`; its
+    depth is exactly the backlog we caused (network jitter is absorbed before it, in
+    the jitter buffer). Private, so read defensively.
     """
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._baseline: float | None = None
-        self._last_media: float | None = None
-
-    def late_by(self, media_time: float) -> float:
-        offset = self._clock() - media_time
-        if self._baseline is None or self._last_media is None:
-            self._baseline = offset
-        else:
-            step = max(0.0, media_time - self._last_media)
-            self._baseline = min(offset, self._baseline + DRIFT_ALLOWANCE * step)
-        self._last_media = media_time
-        return offset - self._baseline
+    queue = getattr(track, "_queue", None)
+    return queue.qsize() if isinstance(queue, asyncio.Queue) else 0
 
 
 class EnhancedTrack(MediaStreamTrack):
@@ -226,7 +210,6 @@ class EnhancedTrack(MediaStreamTrack):
         self.stats = processor.stats
         self.deadline_s = deadline_s
         self.executor = executor
-        self._lateness = LatenessClock(time.monotonic)
         self._resampler: av.AudioResampler | None = None
 
     async def recv(self) -> av.AudioFrame:
@@ -246,11 +229,11 @@ class EnhancedTrack(MediaStreamTrack):
         pts, time_base = frame.pts, frame.time_base
         if frame.sample_rate != SAMPLE_RATE:  # not Opus: bring it to the internal rate
             frame, pts, time_base = self._resample(frame)
-        late_by = 0.0
-        if pts is not None and time_base is not None:
-            late_by = self._lateness.late_by(float(pts * time_base))
-        self.stats.late_by_ms = 1e3 * late_by
-        late = late_by > self.deadline_s
+        # Backlog behind this frame: when it exceeds the deadline we are not keeping
+        # up, and passing frames through (about 50x cheaper) drains the queue.
+        backlog_s = queued_frames(self.source) * frame.samples / SAMPLE_RATE
+        self.stats.backlog_ms = 1e3 * backlog_s
+        late = backlog_s > self.deadline_s
         x = to_mono(frame)
         if self.executor is None:
             y = self.processor.process(x, late)

@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("--no-fetch", action="store_true", help="use only what is cached")
         s.add_argument("--no-dnsmos", action="store_true", help="skip the DNSMOS screen")
+        s.add_argument(
+            "--dnsmos-budget",
+            type=float,
+            default=None,
+            metavar="S",
+            help="stop DNSMOS scoring after S seconds (scores are cached; rerun to continue)",
+        )
     sub.add_parser("fetch")
     sub.add_parser("packs")
     sub.add_parser("report")
@@ -73,7 +80,11 @@ def main_data(argv: Sequence[str] | None = None) -> int:
             eprint(f"available: {', '.join(have) or 'none'}")
         elif args.cmd in ("manifest", "prepare"):
             entries = build_manifest(
-                cfg, fetch=not args.no_fetch, use_dnsmos=not args.no_dnsmos, log=eprint
+                cfg,
+                fetch=not args.no_fetch,
+                use_dnsmos=not args.no_dnsmos,
+                dnsmos_budget_s=args.dnsmos_budget,
+                log=eprint,
             )
             print(corpus_report(entries))
             if args.cmd == "prepare":

@@ -483,14 +483,19 @@ def score_dnsmos(
     log: Log = print,
     window_s: float = 9.01,
     roots: Sequence[str] = DNSMOS_ROOTS,
+    budget_s: float | None = None,
 ) -> None:
     """DNSMOS P.835 per pack of clips of one speaker group, cached in the entries.
 
     DNSMOS costs ~0.4 s per 9 s window here whatever the clip length (short clips
     are tiled to 9 s), so clips of one (source, speaker) are concatenated, each
     normalised to -26 dBFS active level with 0.2 s gaps, into ~9 s windows; each
-    clip gets its window's score. Entries that already carry a score are skipped.
+    clip gets its window's score. Entries that already carry a score are skipped, so
+    a run stopped by budget_s (seconds) is continued by the next one.
     """
+    import time
+
+    t0 = time.monotonic()
     from percepnet.metrics import METRIC_RATE, dnsmos
 
     todo: dict[tuple[str, str], list[Entry]] = {}
@@ -507,6 +512,9 @@ def score_dnsmos(
     total = sum(len(v) for v in todo.values())
     done = 0
     for items in todo.values():
+        if budget_s is not None and time.monotonic() - t0 > budget_s:
+            log(f"dnsmos: time budget spent; {total - done} clips left for the next run")
+            break
         items.sort(key=lambda e: e.path)
         pack: list[FloatArray] = []
         members: list[Entry] = []
@@ -590,6 +598,7 @@ def build_manifest(
     *,
     fetch: bool = True,
     use_dnsmos: bool = True,
+    dnsmos_budget_s: float | None = None,
     log: Log = print,
 ) -> list[Entry]:
     """Enumerate, screen, split and (optionally) DNSMOS-score everything; write the manifest.
@@ -629,7 +638,7 @@ def build_manifest(
             log(f"  screened {i + 1}/{len(entries)}")
     assign_splits(screened)
     if use_dnsmos:
-        score_dnsmos(screened, cfg, log=log)
+        score_dnsmos(screened, cfg, log=log, budget_s=dnsmos_budget_s)
         apply_dnsmos_filter(screened)
     write_manifest(screened, cfg.manifest)
     log(f"manifest: {cfg.manifest} ({len(screened)} files)")

@@ -60,30 +60,32 @@ class StreamStats:
 
 def level_db(x: FloatArray) -> float:
     """RMS level in dBFS of a float signal in [-1, 1]."""
-    return float(10.0 * np.log10(np.mean(np.square(x)) + 1e-12))
+    return float(10.0 * np.log10(float(np.dot(x, x)) / max(1, len(x)) + 1e-12))
 
 
 def to_mono(frame: av.AudioFrame) -> FloatArray:
     """Any PyAV audio frame -> mono float64 in [-1, 1] at the frame's own rate."""
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
+    if frame.format.name == "s16" and channels == 2:  # what aiortc's Opus decoder gives
+        pcm = data.reshape(-1)
+        return (pcm[0::2].astype(np.float64) + pcm[1::2]) * (0.5 / INT16_SCALE)
     # planar: one row per channel; packed: channels interleaved in one row
     samples = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
     if samples.dtype == np.int16:
-        mono = samples.astype(np.float64).mean(axis=0) / INT16_SCALE
-    elif samples.dtype == np.int32:
-        mono = samples.astype(np.float64).mean(axis=0) / 2.0**31
-    else:
-        mono = samples.astype(np.float64).mean(axis=0)
-    return mono
+        return samples.astype(np.float64).mean(axis=0) / INT16_SCALE
+    if samples.dtype == np.int32:
+        return samples.astype(np.float64).mean(axis=0) / 2.0**31
+    return samples.astype(np.float64).mean(axis=0)
 
 
 def to_stereo_s16(y: FloatArray, pts: int | None, time_base: fractions.Fraction) -> av.AudioFrame:
     """Mono float -> packed s16 stereo AudioFrame at SAMPLE_RATE (clipped before the cast)."""
-    pcm = np.clip(np.rint(y * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
-    frame = av.AudioFrame.from_ndarray(
-        np.repeat(pcm, OUT_CHANNELS).reshape(1, -1), format="s16", layout="stereo"
-    )
+    pcm = np.empty((1, OUT_CHANNELS * len(y)), dtype=np.int16)
+    mono = np.clip(np.rint(y * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1)
+    pcm[0, 0::2] = mono
+    pcm[0, 1::2] = mono
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
     frame.sample_rate = SAMPLE_RATE
     frame.pts = pts
     frame.time_base = time_base

@@ -1,0 +1,327 @@
+"""Load benchmark of the WebRTC service (a script, not a test).
+
+Starts `percepnet-server` in its own process, then for each stream count N and each
+mode (pass-through: no DSP at all; enhance: the enhancer) connects N client peers from
+separate client processes, lets them run, and measures over a fixed window:
+
+- server CPU (all its processes, from /proc) per stream, in % of one core;
+- per-frame processing time p50/p99 (from the server's histogram);
+- event-loop lag p50/p99 and the worst window maximum;
+- frames bypassed (late) / failed on the server; frames lost at the clients
+  (expected 50 packets/s per peer, minus what came back).
+
+    python bench/bench_service.py --streams 2,4,8 --seconds 10 --workers 1
+
+Uses the shipped model when models/percepnet-int8.onnx exists, otherwise the DSP
+with unity gains (--unity-gains), which costs nearly the same minus inference.
+Results as a table and as JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PACKETS_PER_S = 50  # 20 ms Opus packets
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- server side measurement -------------------------------------------------------------
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return total
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {series: value}, summed over the worker label."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        kept = ",".join(
+            lab for lab in labels.rstrip("}").split(",") if lab and not lab.startswith("worker=")
+        )
+        key = f"{name}{{{kept}}}" if kept else name
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def quantile(before: dict[str, float], after: dict[str, float], metric: str, q: float) -> float:
+    """q-quantile (seconds) of a histogram's increase between two scrapes, interpolated."""
+    buckets = []
+    for key, value in after.items():
+        if key.startswith(metric + "_bucket{le="):
+            le = key.split('le="')[1].split('"')[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets.append((bound, value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    target, prev_bound, prev_count = q * total, 0.0, 0.0
+    for bound, count in buckets:
+        if count >= target:
+            if bound == float("inf"):
+                return prev_bound
+            frac = (target - prev_count) / max(count - prev_count, 1e-9)
+            return prev_bound + frac * (bound - prev_bound)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+# -- clients (separate processes) --------------------------------------------------------
+def client_main(
+    url: str, n: int, mode: str, seed: int, conn: multiprocessing.connection.Connection
+) -> None:
+    asyncio.run(_client(url, n, mode, seed, conn))
+
+
+async def _client(
+    url: str, n: int, mode: str, seed: int, conn: multiprocessing.connection.Connection
+) -> None:
+    from server.client import ClientPeer, ClipTrack
+    from server.clips import mix_at_snr, speech_like, white_noise
+
+    clip = mix_at_snr(speech_like(4.0, seed=seed), white_noise(4.0, 1.0, seed=seed + 1), 10.0)
+    loop = asyncio.get_running_loop()
+    peers = []
+    try:
+        for _ in range(n):
+            peers.append(await ClientPeer.connect(url, ClipTrack(clip, loop=True), mode=mode))
+        async with asyncio.timeout(30):
+            for p in peers:
+                await p.wait_received(0.5)
+        conn.send("ready")
+        assert await loop.run_in_executor(None, conn.recv) == "start"
+        start = [len(p.received.chunks) for p in peers]
+        t0 = time.monotonic()
+        assert await loop.run_in_executor(None, conn.recv) == "stop"
+        elapsed = time.monotonic() - t0
+        got = [len(p.received.chunks) - s for p, s in zip(peers, start, strict=True)]
+        conn.send({"received": got, "elapsed": elapsed})
+    except Exception as exc:
+        conn.send({"error": repr(exc)})
+    finally:
+        for p in peers:
+            await p.close()
+
+
+@dataclass
+class Row:
+    mode: str
+    streams: int
+    cpu_per_stream_pct: float
+    server_cpu_pct: float
+    frame_p50_ms: float
+    frame_p99_ms: float
+    loop_lag_p50_ms: float
+    loop_lag_p99_ms: float
+    bypassed: int
+    failed: int
+    lost_pct: float
+    error: str = ""
+
+
+def run_point(url: str, server_pid: int, mode: str, n: int, seconds: float, clients: int) -> Row:
+    ctx = multiprocessing.get_context("spawn")
+    k = max(1, min(clients, n))
+    shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    pipes, procs = [], []
+    for i, share in enumerate(shares):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=client_main, args=(url, share, mode, 10 * i, child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        for p in pipes:
+            if not p.poll(60):
+                raise RuntimeError("client did not connect in 60 s")
+            msg = p.recv()
+            if msg != "ready":
+                raise RuntimeError(f"client failed: {msg}")
+        time.sleep(1.0)  # settle
+        m0, c0 = scrape(url), cpu_seconds(server_pid)
+        for p in pipes:
+            p.send("start")
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        m1, c1 = scrape(url), cpu_seconds(server_pid)
+        wall = time.monotonic() - t0
+        for p in pipes:
+            p.send("stop")
+        results = [p.recv() for p in pipes]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    errors = [r["error"] for r in results if "error" in r]
+    received = sum(sum(r["received"]) for r in results if "received" in r)
+    expected = sum(
+        PACKETS_PER_S * r["elapsed"] * len(r["received"]) for r in results if "received" in r
+    )
+    server_cpu = 100.0 * (c1 - c0) / wall
+    return Row(
+        mode=mode,
+        streams=n,
+        cpu_per_stream_pct=server_cpu / n,
+        server_cpu_pct=server_cpu,
+        frame_p50_ms=1e3 * quantile(m0, m1, "percepnet_frame_processing_seconds", 0.5),
+        frame_p99_ms=1e3 * quantile(m0, m1, "percepnet_frame_processing_seconds", 0.99),
+        loop_lag_p50_ms=1e3 * quantile(m0, m1, "percepnet_event_loop_lag_seconds", 0.5),
+        loop_lag_p99_ms=1e3 * quantile(m0, m1, "percepnet_event_loop_lag_seconds", 0.99),
+        bypassed=int(delta(m0, m1, 'percepnet_frames_total{outcome="bypassed"}')),
+        failed=int(delta(m0, m1, 'percepnet_frames_total{outcome="failed"}')),
+        lost_pct=100.0 * max(0.0, 1.0 - received / expected) if expected else float("nan"),
+        error="; ".join(errors),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--streams", default="1,2,4,8", help="comma-separated stream counts")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes")
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--offload", choices=["inline", "thread"], default="inline")
+    ap.add_argument("--model", help="ONNX model (default: shipped model, else unity gains)")
+    ap.add_argument("--modes", default="passthrough,enhance")
+    ap.add_argument("--out", help="write results as JSON here")
+    args = ap.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    from percepnet.runtime import DEFAULT_MODEL
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(args.workers), "--max-streams", "256", "--offload", args.offload,
+           "--log-level", "WARNING"]  # fmt: skip
+    cmd += ["--model", str(model)] if model.exists() else ["--unity-gains"]
+    enhancer = str(model) if model.exists() else "unity gains (no model)"
+    server = subprocess.Popen(cmd, cwd=REPO)
+    rows: list[Row] = []
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/readyz", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    print("server failed to start", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        print(f"server: {args.workers} worker(s), offload={args.offload}, enhancer: {enhancer}; "
+              f"{os.cpu_count()} cores, {args.clients} client processes")  # fmt: skip
+        header = (f"{'mode':<12}{'N':>4}{'cpu/str%':>10}{'srv cpu%':>10}{'fr p50':>8}{'fr p99':>8}"
+                  f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}")  # fmt: skip
+        print(header)
+        for n in [int(x) for x in args.streams.split(",")]:
+            for mode in args.modes.split(","):
+                row = run_point(url, server.pid, mode, n, args.seconds, args.clients)
+                rows.append(row)
+                print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"
+                      f"{row.server_cpu_pct:>10.1f}{row.frame_p50_ms:>8.3f}{row.frame_p99_ms:>8.3f}"
+                      f"{row.loop_lag_p50_ms:>9.2f}{row.loop_lag_p99_ms:>9.2f}{row.bypassed:>6}"
+                      f"{row.failed:>5}{row.lost_pct:>7.2f} {row.error}", flush=True)  # fmt: skip
+                time.sleep(1.0)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    summary = summarise(rows)
+    for line in summary["lines"]:
+        print(line)
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], **summary}, indent=2)
+        )
+    return 0
+
+
+def summarise(rows: list[Row]) -> dict[str, object]:
+    """Enhancement overhead over pass-through (median over N) and the largest clean N."""
+    import statistics
+
+    by = {(r.mode, r.streams): r for r in rows if not r.error}
+    ratios = [
+        by[("enhance", n)].cpu_per_stream_pct / by[("passthrough", n)].cpu_per_stream_pct
+        for (mode, n) in by
+        if mode == "enhance" and ("passthrough", n) in by
+    ]
+    clean = [r.streams for r in rows if r.mode == "enhance" and not r.error and r.lost_pct < 1.0
+             and r.bypassed == 0 and r.failed == 0 and r.frame_p99_ms < 10.0]  # fmt: skip
+    enh = [r.cpu_per_stream_pct for r in rows if r.mode == "enhance" and not r.error]
+    lines = []
+    if ratios:
+        ratio = statistics.median(ratios)
+        lines.append(f"enhance / pass-through CPU per stream: median {ratio:.2f}x (target <= 1.5x)")
+    if enh:
+        per_core = 100.0 / statistics.median(enh)
+        lines.append(f"enhanced streams per core (from median CPU per stream): {per_core:.1f} "
+                     "(target >= 8)")  # fmt: skip
+    lines.append(
+        f"most enhanced streams without loss/bypass and p99 < 10 ms: {max(clean) if clean else 0}"
+    )
+    return {"lines": lines, "ratio_median": statistics.median(ratios) if ratios else None,
+            "max_clean_streams": max(clean) if clean else 0}  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

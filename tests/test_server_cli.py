@@ -1,0 +1,210 @@
+"""Configuration, the console script, and the multi-worker router as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from asyncio.subprocess import Process
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from server.__main__ import main
+from server.client import ClientPeer, ClipTrack, SignallingError
+from server.clips import speech_like
+from server.config import Config, ConfigError, IceServer, load_config, parse_ice_server
+from server.metrics import Metrics
+from server.router import _MergedCollector, merge_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- configuration ---------------------------------------------------------------------
+def test_flags_override_environment_override_defaults() -> None:
+    env = {
+        "PERCEPNET_PORT": "9000",
+        "PERCEPNET_MAX_STREAMS": "12",
+        "PERCEPNET_AUTH_TOKEN": "from-env",
+        "PERCEPNET_ICE_SERVERS": "stun:stun.local:3478, turn:u:p@turn.local:3478",
+        "PERCEPNET_WORKERS": "3",
+    }
+    config = load_config(["--port", "9100", "--model", "/m.onnx"], env)
+    assert config.port == 9100  # flag wins
+    assert config.max_streams == 12 and config.workers == 3  # from the environment
+    assert config.auth_token == "from-env"
+    assert config.model == Path("/m.onnx")
+    assert config.host == "0.0.0.0" and config.offload == "inline"  # defaults
+    assert config.ice_servers == (
+        IceServer("stun:stun.local:3478"),
+        IceServer("turn:turn.local:3478", "u", "p"),
+    )
+    assert load_config([], {}).ice_servers == ()  # no public STUN by default
+    assert load_config(["--unity-gains"], {}).unity_gains is True
+    assert load_config([], {"PERCEPNET_UNITY_GAINS": "false"}).unity_gains is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--port", "70000"], {}),
+        ([], {"PERCEPNET_MAX_STREAMS": "many"}),
+        (["--max-streams", "0"], {}),
+        (["--workers", "4", "--max-streams", "2"], {}),
+        (["--ice-server", "http://example"], {}),
+        (["--ice-server", "turn:turn.local:3478"], {}),  # TURN without credentials
+        ([], {"PERCEPNET_UNITY_GAINS": "maybe"}),
+    ],
+)
+def test_bad_settings_raise_config_error(argv: list[str], env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_config(argv, env)
+
+
+def test_capacity_split_between_workers() -> None:
+    config = Config(max_streams=10, workers=3)
+    assert [config.worker_capacity(i) for i in range(3)] == [4, 3, 3]
+    assert config.for_worker(2).max_streams == 3 and config.for_worker(2).workers == 1
+    assert parse_ice_server("turns:a:b@h:5349").as_json() == {
+        "urls": "turns:h:5349",
+        "username": "a",
+        "credential": "b",
+    }
+
+
+def test_missing_or_corrupt_model_fails_startup_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--model", str(tmp_path / "nope.onnx"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "nope.onnx" in err and "--unity-gains" in err
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    assert main(["--model", str(corrupt), "--port", "0"]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_merge_metrics_labels_each_worker() -> None:
+    texts = []
+    for worker, frames in enumerate((5, 7)):
+        m = Metrics()
+        m.frames.labels("processed").inc(frames)
+        m.frame_seconds.observe(0.001)
+        texts.append((worker, generate_latest(m.registry).decode()))
+    registry = CollectorRegistry(auto_describe=False)
+    families = {f.name: f for f in merge_metrics(texts)}
+    registry.register(_MergedCollector(list(families.values())))
+    merged = generate_latest(registry).decode()
+    assert 'percepnet_frames_total{outcome="processed",worker="0"} 5.0' in merged
+    assert 'percepnet_frames_total{outcome="processed",worker="1"} 7.0' in merged
+    assert 'percepnet_frame_processing_seconds_count{worker="1"} 1.0' in merged
+    assert merged.count("# TYPE percepnet_frames_total counter") == 1
+
+
+# -- real processes --------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_server(*args: str) -> tuple[Process, str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            try:
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return proc, url
+            except aiohttp.ClientError:
+                pass
+            if proc.returncode is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+async def stop_server(proc: Process, within_s: float) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(within_s):
+            return await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(f"server did not exit within {within_s} s of SIGTERM") from None
+
+
+async def test_router_spreads_sessions_over_workers_and_drains_on_sigterm() -> None:
+    clip = speech_like(1.0, seed=2)
+    proc, url = await start_server(
+        "--unity-gains", "--workers", "2", "--max-streams", "4", "--drain-timeout", "1"
+    )
+    peers: list[ClientPeer] = []
+    try:
+        for i in range(4):
+            peers.append(await ClientPeer.connect(url, ClipTrack(clip, loop=True), whip=i % 2 == 1))
+        workers = sorted(p.session_id.split("-")[0] for p in peers if p.session_id)
+        assert workers == ["0", "0", "1", "1"]  # least-loaded placement
+        with pytest.raises(SignallingError) as err:
+            await ClientPeer.connect(url, ClipTrack(clip))
+        assert err.value.status == 503  # all workers full
+        async with asyncio.timeout(20):
+            for p in peers:
+                await p.wait_received(0.5)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "/streams") as r:
+                streams = await r.json()
+            assert streams["active"] == 4 and streams["capacity"] == 4
+            target = peers[3].session_id
+            async with s.post(f"{url}/streams/{target}/control", json={"enabled": False}) as r:
+                assert r.status == 200 and (await r.json())["enabled"] is False
+            async with s.get(f"{url}/streams/9-nothing") as r:
+                assert r.status == 404
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            assert 'percepnet_active_streams{worker="0"} 2.0' in text
+            assert 'percepnet_active_streams{worker="1"} 2.0' in text
+            await peers[0].close()
+            peers.pop(0)
+            async with s.get(url + "/readyz") as r:
+                assert r.status == 200
+        code = await stop_server(proc, within_s=20)
+        assert code == 0
+    finally:
+        for p in peers:
+            await p.close(hang_up=False)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_single_worker_sigterm_refuses_new_sessions_then_exits() -> None:
+    proc, url = await start_server("--unity-gains", "--workers", "1", "--drain-timeout", "3")
+    peer = await ClientPeer.connect(url, ClipTrack(speech_like(1.0, seed=4), loop=True))
+    try:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as s, s.get(url + "/readyz") as r:
+            assert r.status == 503 and "Retry-After" in r.headers
+            assert json.loads(await r.text())["draining"] is True
+        with pytest.raises(SignallingError) as err:
+            await ClientPeer.connect(url, ClipTrack(speech_like(1.0)))
+        assert err.value.status == 503
+        assert await stop_server(proc, within_s=15) == 0
+    finally:
+        await peer.close(hang_up=False)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -29,6 +29,74 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mixture_factory(data: str | None, cache: str | None):  # type: ignore[no-untyped-def]
+    """(split, seed) -> mixture maker, over the corpus built by `percepnet data`."""
+    from percepnet.data.corpus import DataConfig
+
+    cfg = DataConfig.from_args(data, cache)
+    return _CorpusFactory(cfg)
+
+
+class _CorpusFactory:
+    """Picklable (for data-loader workers) factory of corpus mixture makers."""
+
+    def __init__(self, cfg: object) -> None:
+        self.cfg = cfg
+
+    def __call__(self, split: str, seed: int):  # type: ignore[no-untyped-def]
+        from percepnet.data.mix import MixtureGenerator
+
+        gen = MixtureGenerator(self.cfg, split, seed)  # type: ignore[arg-type]
+
+        def make() -> tuple:  # type: ignore[type-arg]
+            clean, noisy, meta = next(gen)
+            return clean, noisy, float(meta["bandwidth_hz"])
+
+        return make
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from percepnet.model import ModelConfig
+    from percepnet.train import TrainConfig, train
+
+    model = ModelConfig(
+        conv_channels=args.conv, gru_size=args.gru, gru_layers=args.layers, strength_gru_size=args.strength_gru
+    )
+    cfg = TrainConfig(minutes=args.minutes, batch_size=args.batch, seed=args.seed, model=model,
+                      eval_every_s=args.eval_every * 60, workers=args.workers)
+    best = train(Path(args.out), _mixture_factory(args.data, args.cache), cfg, resume=not args.no_resume)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from percepnet.export import export_all
+    from percepnet.train import load_checkpoint
+
+    net, ckpt = load_checkpoint(Path(args.checkpoint))
+    info = {"training": ckpt.get("train_state", {}), "train_config": ckpt.get("train_config", {})}
+    info["training"] = {k: v for k, v in info["training"].items() if k != "history"}
+    manifest = export_all(net, Path(args.out_dir), args.stem, info)
+    print(f"float: {manifest['float']['file']} (max |onnx - torch| {manifest['float']['max_abs_vs_torch']:.1e})")
+    print(f"int8:  {manifest['int8']['file']} (max |onnx - torch| {manifest['int8']['max_abs_vs_torch']:.1e})")
+    return 0
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from percepnet.offline import enhance_paths
+
+    n = enhance_paths([Path(p) for p in args.inputs], Path(args.output), model=args.model,
+                      postfilter=not args.no_postfilter, attenuation_limit_db=args.attenuation_limit)
+    print(f"enhanced {n} file(s) into {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="percepnet", description="PercepNet speech enhancement")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,7 +108,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pitch-filter", action="store_true", help="band gains only, no comb filter")
     p.add_argument("--no-postfilter", action="store_true", help="skip the envelope postfilter")
     p.set_defaults(func=_cmd_oracle)
+
+    p = sub.add_parser("enhance", help="enhance files or folders with the model")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped int8 model)")
+    p.add_argument("--no-postfilter", action="store_true")
+    p.add_argument("--attenuation-limit", type=float, default=None, metavar="DB",
+                   help="never attenuate more than this many dB")
+    p.set_defaults(func=_cmd_enhance)
+
+    p = sub.add_parser("data", help="build the training corpus (fetch, screen, split, pack)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train the network on on-the-fly mixtures")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log)")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget in total")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--conv", type=int, default=128)
+    p.add_argument("--gru", type=int, default=160)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--strength-gru", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--eval-every", type=float, default=10.0, help="minutes between dev evaluations")
+    p.add_argument("--data", default=None, help="shared data folder (default: PERCEPNET_DATA or ../shared/data)")
+    p.add_argument("--cache", default=None, help="corpus cache folder (default: cache/)")
+    p.add_argument("--no-resume", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to streaming ONNX (float and int8)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out-dir", default="models")
+    p.add_argument("--stem", default="percepnet")
+    p.set_defaults(func=_cmd_export)
     return parser
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from percepnet.data.cli import main_data
+
+    return int(main_data(args.rest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,7 +62,6 @@ def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> F
     """
     # Dropped taps (weight 0) may point past the context: clamp them to a valid place.
     start = np.minimum(HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE)
-    out = np.empty((len(context), WINDOW_SIZE))
-    for i, row in enumerate(context):
-        out[i] = weights[i] @ row[start[i, :, None] + _WINDOW_RANGE]  # [taps] @ [taps, W]
-    return out
+    rows = np.arange(len(context))[:, None, None]
+    taps = context[rows, start[:, :, None] + _WINDOW_RANGE]  # [F, taps, W]
+    return np.asarray((weights[:, None, :] @ taps)[:, 0, :])

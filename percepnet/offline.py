@@ -44,3 +44,46 @@ def oracle_file(
 
 def enhance_file_signal(x: FloatArray, source: GainSource, *, postfilter: bool = True) -> FloatArray:
     return np.asarray(enhance_signal(x, source, use_postfilter=postfilter), dtype=np.float64)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input) for files and folders given on the command line."""
+    out: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            for f in sorted(item.rglob("*")):
+                if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES:
+                    out.append((f, f.relative_to(item)))
+        elif item.exists():
+            out.append((item, Path(item.name)))
+        else:
+            raise AudioError(f"{item}: no such file or folder")
+    return out
+
+
+def enhance_paths(
+    inputs: list[Path],
+    out_dir: Path,
+    *,
+    model: str | Path | None = None,
+    postfilter: bool = True,
+    attenuation_limit_db: float | None = None,
+    progress: bool = True,
+) -> int:
+    """Enhance files/folders with the model into out_dir (same names, input rate and channels)."""
+    from tqdm import tqdm
+
+    from percepnet.runtime import OnnxSource, load_model
+
+    net = load_model(model)
+    files = collect_inputs(inputs)
+    for path, rel in tqdm(files, unit="file", disable=not progress or len(files) < 2):
+        raw, rate = read_audio(path)
+        x = to_internal(raw, rate)
+        y = enhance_signal(x, OnnxSource(net), use_postfilter=postfilter, attenuation_limit_db=attenuation_limit_db)
+        target = (out_dir / rel).with_suffix(".wav" if path.suffix.lower() in (".ogg", ".mp3") else path.suffix)
+        write_audio(target, from_internal(y, rate, raw.shape[1]), rate)
+    return len(files)

@@ -1,0 +1,98 @@
+"""Export a checkpoint to a streaming ONNX model, check it, quantise it to 8 bits.
+
+The export fails (ExportError) if ONNX Runtime and torch disagree beyond
+TOLERANCE on a random feature sequence run frame by frame with state carried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from percepnet.constants import NB_FEATURES
+from percepnet.model import PercepNet, StreamingPercepNet, count_parameters, state_shapes
+from percepnet.runtime import INPUT_FEATURES, OUTPUT_GAINS, OUTPUT_STRENGTHS, STATE_SUFFIX, OnnxModel
+
+OPSET = 17
+TOLERANCE = 1e-4
+"""Max |torch - onnxruntime| on gains/strengths for the float export."""
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_onnx(net: PercepNet, path: Path) -> None:
+    net.eval()
+    stream = StreamingPercepNet(net).eval()
+    shapes = state_shapes(net.config)
+    names = list(shapes)
+    args = (torch.zeros(1, NB_FEATURES), *[torch.zeros(s) for s in shapes.values()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        stream,
+        args,
+        str(path),
+        input_names=[INPUT_FEATURES, *names],
+        output_names=[OUTPUT_GAINS, OUTPUT_STRENGTHS, *[n + STATE_SUFFIX for n in names]],
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def compare(net: PercepNet, model: OnnxModel, frames: int = 300, seed: int = 0) -> float:
+    """Max abs difference of torch (whole sequence) vs ONNX (frame by frame)."""
+    rng = np.random.default_rng(seed)
+    mean = net.feature_mean.numpy()
+    std = net.feature_std.numpy()
+    feats = (mean + std * rng.standard_normal((frames, NB_FEATURES))).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(feats)[None])
+    state = model.initial_state()
+    worst = 0.0
+    for j in range(frames):
+        g, r, state = model.step(feats[j : j + 1], state)
+        worst = max(worst, float(np.abs(g[0] - ref.gains[0, j].numpy()).max()))
+        worst = max(worst, float(np.abs(r[0] - ref.strengths[0, j].numpy()).max()))
+    return worst
+
+
+def quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def export_all(net: PercepNet, out_dir: Path, stem: str = "percepnet", info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write STEM.onnx (float), STEM-int8.onnx and STEM.json (the manifest)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f32, i8 = out_dir / f"{stem}.onnx", out_dir / f"{stem}-int8.onnx"
+    export_onnx(net, f32)
+    err = compare(net, OnnxModel(f32))
+    if err > TOLERANCE:
+        raise ExportError(f"ONNX and torch disagree by {err:.2e} (> {TOLERANCE:.0e})")
+    quantize(f32, i8)
+    err_q = compare(net, OnnxModel(i8))
+    manifest = {
+        "config": net.config.to_dict(),
+        "parameters": count_parameters(net),
+        "opset": OPSET,
+        "inputs": [INPUT_FEATURES, *state_shapes(net.config)],
+        "outputs": [OUTPUT_GAINS, OUTPUT_STRENGTHS],
+        "feature_mean": net.feature_mean.tolist(),
+        "feature_std": net.feature_std.tolist(),
+        "float": {"file": f32.name, "sha256": sha256(f32), "bytes": f32.stat().st_size, "max_abs_vs_torch": err},
+        "int8": {"file": i8.name, "sha256": sha256(i8), "bytes": i8.stat().st_size, "max_abs_vs_torch": err_q},
+        **(info or {}),
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,177 @@
+"""The PercepNet network (torch; training and export only).
+
+Input: the feature sequence [B, J, NB_FEATURES], normalised inside the model with
+statistics stored in it. Two causal convolutions over time (kernel 5 then 3), a
+stack of GRUs, then two heads:
+  gains     g [B, J, NB_BANDS] = sigmoid(dense(concat(conv, all GRU outputs)))
+  strengths r [B, J, NB_BANDS] = sigmoid(dense(GRU_s(concat(upper GRU outputs))))
+Row j's outputs apply to frame j - LOOKAHEAD_FRAMES (the features carry the lookahead).
+
+The same parameters drive `step()`, one frame with explicit state, which is what
+the streaming ONNX graph is exported from: convolutions become matrix products
+over a history of frames and GRU cells are written out, so 8-bit dynamic
+quantisation reaches every weight matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from percepnet.constants import NB_BANDS, NB_FEATURES
+
+CONV1_KERNEL = 5
+CONV2_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    conv_channels: int = 128
+    gru_size: int = 160
+    gru_layers: int = 3
+    strength_gru_size: int = 64
+    strength_from_layers: int = 2  # how many upper GRU layers feed the strength GRU
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+PAPER_CONFIG = ModelConfig(conv_channels=512, gru_size=512, gru_layers=5, strength_gru_size=128)
+"""The paper's reference size (about 8M weights)."""
+
+
+class Outputs(NamedTuple):
+    gains: Tensor
+    strengths: Tensor
+
+
+class PercepNet(nn.Module):
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c, h = config.conv_channels, config.gru_size
+        self.register_buffer("feature_mean", torch.zeros(NB_FEATURES))
+        self.register_buffer("feature_std", torch.ones(NB_FEATURES))
+        self.conv1 = nn.Conv1d(NB_FEATURES, c, CONV1_KERNEL)
+        self.conv2 = nn.Conv1d(c, c, CONV2_KERNEL)
+        self.grus = nn.ModuleList(
+            [nn.GRU(c if i == 0 else h, h, batch_first=True) for i in range(config.gru_layers)]
+        )
+        self.gain_head = nn.Linear(c + h * config.gru_layers, NB_BANDS)
+        self.strength_gru = nn.GRU(h * config.strength_from_layers, config.strength_gru_size, batch_first=True)
+        self.strength_head = nn.Linear(config.strength_gru_size, NB_BANDS)
+
+    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.clamp(std, min=1e-3))
+
+    def forward(self, features: Tensor) -> Outputs:
+        """[B, J, NB_FEATURES] -> gains, strengths [B, J, NB_BANDS] (causal in J)."""
+        return self.forward_with_state(features, None)[0]
+
+    def forward_with_state(
+        self, features: Tensor, state: tuple[Tensor, ...] | None
+    ) -> tuple[Outputs, tuple[Tensor, ...]]:
+        """Like forward, continuing from `state` (None: silence before) and returning the next."""
+        b = features.shape[0]
+        c, h = self.config.conv_channels, self.config.gru_size
+        if state is None:
+            hist1 = torch.zeros(b, NB_FEATURES, CONV1_KERNEL - 1)
+            hist2 = torch.zeros(b, c, CONV2_KERNEL - 1)
+            hs = [None] * len(self.grus)
+            hstr = None
+        else:
+            hist1, hist2, gru_h, hstr = state
+            hs = list(gru_h)  # type: ignore[arg-type]
+        x = ((features - self.feature_mean) / self.feature_std).transpose(1, 2)  # [B, F, J]
+        x1 = torch.cat([hist1, x], dim=-1)
+        c1 = torch.tanh(self.conv1(x1))
+        x2 = torch.cat([hist2, c1], dim=-1)
+        conv = torch.tanh(self.conv2(x2)).transpose(1, 2)  # [B, J, C]
+        outs, new_h = [], []
+        y = conv
+        for gru, h0 in zip(self.grus, hs, strict=True):
+            y, hn = gru(y, h0)
+            outs.append(y)
+            new_h.append(hn)
+        gains = torch.sigmoid(self.gain_head(torch.cat([conv, *outs], dim=-1)))
+        s, hstr_n = self.strength_gru(torch.cat(outs[-self.config.strength_from_layers :], dim=-1), hstr)
+        strengths = torch.sigmoid(self.strength_head(s))
+        next_state = (x1[..., -(CONV1_KERNEL - 1) :], x2[..., -(CONV2_KERNEL - 1) :], torch.stack(new_h), hstr_n)
+        del h
+        return Outputs(gains, strengths), next_state
+
+
+# ---- streaming form -------------------------------------------------------------------
+
+STATE_NAMES = ("conv1_history", "conv2_history", "gru_state", "strength_state")
+"""Names of the recurrent state tensors (inputs 'NAME', outputs 'NAME_out')."""
+INPUT_FEATURES = "features"
+OUTPUT_GAINS = "gains"
+OUTPUT_STRENGTHS = "strengths"
+
+
+def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {
+        "conv1_history": (1, CONV1_KERNEL - 1, NB_FEATURES),
+        "conv2_history": (1, CONV2_KERNEL - 1, config.conv_channels),
+        "gru_state": (config.gru_layers, 1, config.gru_size),
+        "strength_state": (1, 1, config.strength_gru_size),
+    }
+
+
+def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
+    """One step of a single-layer torch GRU written out (same equations as nn.GRU)."""
+    gi = x @ gru.weight_ih_l0.t() + gru.bias_ih_l0
+    gh = h @ gru.weight_hh_l0.t() + gru.bias_hh_l0
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h
+
+
+class StreamingPercepNet(nn.Module):
+    """One frame in, explicit state in and out; the module exported to ONNX."""
+
+    def __init__(self, net: PercepNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, features: Tensor, conv1_history: Tensor, conv2_history: Tensor, gru_state: Tensor, strength_state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        net = self.net
+        x = (features - net.feature_mean) / net.feature_std  # [1, F]
+        hist1 = torch.cat([conv1_history, x[:, None, :]], dim=1)  # [1, K1, F]
+        w1 = net.conv1.weight.permute(2, 1, 0).reshape(-1, net.conv1.out_channels)  # [K1*F, C]
+        c1 = torch.tanh(hist1.reshape(1, -1) @ w1 + net.conv1.bias)
+        hist2 = torch.cat([conv2_history, c1[:, None, :]], dim=1)
+        w2 = net.conv2.weight.permute(2, 1, 0).reshape(-1, net.conv2.out_channels)
+        conv = torch.tanh(hist2.reshape(1, -1) @ w2 + net.conv2.bias)
+        outs = []
+        y = conv
+        new_states = []
+        for i, gru in enumerate(net.grus):
+            y = _gru_cell(gru, y, gru_state[i])
+            outs.append(y)
+            new_states.append(y)
+        gains = torch.sigmoid(net.gain_head(torch.cat([conv, *outs], dim=-1)))
+        s = _gru_cell(net.strength_gru, torch.cat(outs[-net.config.strength_from_layers :], dim=-1), strength_state[0])
+        strengths = torch.sigmoid(net.strength_head(s))
+        return (
+            gains,
+            strengths,
+            hist1[:, 1:, :],
+            hist2[:, 1:, :],
+            torch.stack(new_states),
+            s[None],
+        )
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

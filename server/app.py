@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from percepnet.enhancer import Enhancer
+from server import aiortc_speedups
 from server.config import Config
 from server.metrics import Metrics
 from server.session import (
@@ -303,6 +304,7 @@ def create_app(
     worker_index: int = 0,
 ) -> web.Application:
     """One worker's app. The factory makes one Enhancer per stream (model loaded already)."""
+    aiortc_speedups.install()
     app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
     app_metrics = Metrics(per_stream_limit=config.per_stream_metrics_limit)
     manager = SessionManager(config, enhancer_factory, app_metrics, worker_index=worker_index)

@@ -71,7 +71,8 @@ class Metrics:
         )
         self.stream_cpu = Gauge(
             "percepnet_stream_cpu_seconds",
-            "CPU seconds spent on one stream's audio processing",
+            "CPU seconds of one stream's enhancement and format conversion "
+            "(Opus, SRTP and ICE work inside aiortc not included)",
             ["stream"],
             registry=r,
         )

@@ -228,6 +228,9 @@ class EnhancedTrack(MediaStreamTrack):
             return to_stereo_s16(np.zeros(samples), frame.pts, frame.time_base or OUT_TIME_BASE)
 
     async def _enhance(self, frame: av.AudioFrame) -> av.AudioFrame:
+        # CPU of the conversions here (this thread) plus, inside process(), the enhancer's
+        # (whichever thread runs it); Opus and SRTP work in aiortc is not included.
+        cpu = time.thread_time()
         pts, time_base = frame.pts, frame.time_base
         if frame.sample_rate != SAMPLE_RATE:  # not Opus: bring it to the internal rate
             frame, pts, time_base = self._resample(frame)
@@ -237,15 +240,19 @@ class EnhancedTrack(MediaStreamTrack):
         self.stats.backlog_ms = 1e3 * backlog_s
         late = backlog_s > self.deadline_s
         x = to_mono(frame)
+        self.stats.cpu_seconds += time.thread_time() - cpu
         if self.executor is None:
             y = self.processor.process(x, late)
         else:
             loop = asyncio.get_running_loop()
             y = await loop.run_in_executor(self.executor, self.processor.process, x, late)
+        cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)
         self.stats.level_out_db = level_db(y)
-        return to_stereo_s16(y, pts, time_base or OUT_TIME_BASE)
+        out = to_stereo_s16(y, pts, time_base or OUT_TIME_BASE)
+        self.stats.cpu_seconds += time.thread_time() - cpu
+        return out
 
     def _resample(
         self, frame: av.AudioFrame

@@ -9,18 +9,25 @@ import signal
 import socket
 import sys
 from asyncio.subprocess import Process
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
+import aiortc.rtp
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from percepnet.enhancer import Enhancer
 from server.__main__ import main
+from server.aiortc_speedups import numpy_audio_level_dbov, original_audio_level_dbov
+from server.app import create_app
 from server.client import ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
 from server.config import Config, ConfigError, IceServer, load_config, parse_ice_server
 from server.metrics import Metrics
 from server.router import _MergedCollector, merge_metrics
+from server.track import to_stereo_s16
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,3 +215,12 @@ async def test_single_worker_sigterm_refuses_new_sessions_then_exits() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("amplitude", [0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0, 3.0])
+def test_vectorised_audio_level_equals_aiortc(amplitude: float) -> None:
+    rng = np.random.default_rng(int(amplitude * 1e6))
+    frame = to_stereo_s16(amplitude * rng.standard_normal(960), 0, Fraction(1, 48000))
+    assert numpy_audio_level_dbov(frame) == original_audio_level_dbov(frame)
+    create_app(Config(), Enhancer)
+    assert aiortc.rtp.compute_audio_level_dbov is numpy_audio_level_dbov

@@ -224,3 +224,15 @@ def test_vectorised_audio_level_equals_aiortc(amplitude: float) -> None:
     assert numpy_audio_level_dbov(frame) == original_audio_level_dbov(frame)
     create_app(Config(), Enhancer)
     assert aiortc.rtp.compute_audio_level_dbov is numpy_audio_level_dbov
+
+
+def test_per_stream_series_are_capped_and_removed() -> None:
+    m = Metrics(per_stream_limit=2)
+    assert m.stream_started("a") and m.stream_started("b")
+    assert not m.stream_started("c")  # over the cap: /streams only
+    m.stream_update("c", 1.0, 0.5)
+    text = generate_latest(m.registry).decode()
+    assert 'stream="a"' in text and 'stream="c"' not in text
+    m.stream_ended("a")
+    assert 'stream="a"' not in generate_latest(m.registry).decode()
+    assert m.stream_started("c")  # a slot came free

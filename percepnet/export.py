@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ def export_onnx(net: PercepNet, path: Path) -> None:
     names = list(shapes)
     args = (torch.zeros(1, NB_FEATURES), *[torch.zeros(s) for s in shapes.values()])
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter is deprecated but needs no onnxscript and emits the plain
+    # MatMul/Sigmoid/Tanh graph that dynamic int8 quantisation covers; its notice is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        _export(stream, args, path, names)
+
+
+def _export(stream: StreamingPercepNet, args: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
     torch.onnx.export(
         stream,
         args,

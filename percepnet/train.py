@@ -171,6 +171,8 @@ def train(
     """Train for cfg.minutes of wall time (in total, across resumes). Returns best.pt."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if cfg.workers > 0:
+        torch.set_num_threads(1)  # one core trains, the data workers take the others
     rng = random.Random(cfg.seed)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     net = PercepNet(cfg.model)

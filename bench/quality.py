@@ -1,0 +1,103 @@
+"""Quality table on a held-out split: noisy, RNNoise, oracle, float model, int8 model.
+
+Every system goes through the same path (48 kHz, aligned, percepnet.metrics.score)
+in one run. The test split is scored only for final reports; select and tune on dev.
+
+    python bench/quality.py --split test --n 30 [--models models] [--out results.json]
+
+The eval set is written once to cache/eval (percepnet.data.mix.write_eval_set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from percepnet.audio import load
+from percepnet.enhancer import OracleSource, enhance_signal
+from percepnet.metrics import RNNoiseReference, markdown_table, score, summarise
+from percepnet.runtime import OnnxSource, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = {"dev": 101, "test": 202}
+
+
+def eval_set(split: str, n: int, root: Path) -> list[dict[str, str]]:
+    csv_path = root / f"{split}.csv"
+    rows: list[dict[str, str]] = []
+    if csv_path.exists():
+        with csv_path.open() as fh:
+            rows = list(csv.DictReader(fh))
+    if len(rows) < n:
+        from percepnet.data.mix import write_eval_set
+
+        print(f"writing {n} {split} mixtures to {root}", file=sys.stderr)
+        write_eval_set(split, n, root, SEED[split])
+        with csv_path.open() as fh:
+            rows = list(csv.DictReader(fh))
+    return rows[:n]
+
+
+def systems(models: Path, extra: list[str]) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    f32, i8 = load_model(models / "percepnet.onnx"), load_model(models / "percepnet-int8.onnx")
+
+    def rnnoise(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
+        with RNNoiseReference() as rn:
+            return rn.enhance(noisy)
+
+    out: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+        "noisy": lambda noisy, clean: noisy,
+        "rnnoise": rnnoise,
+        "oracle": lambda noisy, clean: enhance_signal(noisy, OracleSource(clean)),
+        "percepnet-float": lambda noisy, clean: enhance_signal(noisy, OnnxSource(f32)),
+        "percepnet-int8": lambda noisy, clean: enhance_signal(noisy, OnnxSource(i8)),
+    }
+    if "int8-no-postfilter" in extra:
+        out["int8-no-postfilter"] = lambda noisy, clean: enhance_signal(
+            noisy, OnnxSource(i8), use_postfilter=False
+        )
+    if "oracle-no-postfilter" in extra:
+        out["oracle-no-postfilter"] = lambda noisy, clean: enhance_signal(
+            noisy, OracleSource(clean), use_postfilter=False
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=["dev", "test"], default="test")
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--eval-dir", default=str(REPO / "cache" / "eval"))
+    parser.add_argument("--models", default=str(REPO / "models"))
+    parser.add_argument("--extra", nargs="*", default=[], help="int8-no-postfilter oracle-no-postfilter")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    root = Path(args.eval_dir)
+    rows_in = eval_set(args.split, args.n, root)
+    runs = systems(Path(args.models), args.extra)
+    rows: list[dict[str, float | str]] = []
+    t0 = time.monotonic()
+    for i, item in enumerate(rows_in):
+        clean, noisy = load(root / item["clean"]), load(root / item["noisy"])
+        for name, run in runs.items():
+            est = run(noisy, clean)
+            rows.append({"system": name, "id": item["id"], "snr_db": item.get("snr_db", ""), **score(clean, est)})
+        print(f"[{i + 1}/{len(rows_in)}] {item['id']}", file=sys.stderr, flush=True)
+    summary = summarise(rows)
+    print(f"{args.split} split, {len(rows_in)} mixtures, {time.monotonic() - t0:.0f} s\n")
+    print("median:\n" + markdown_table(summary))
+    print("mean:\n" + markdown_table(summary, stat="mean"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Export and inference: torch vs ONNX, int8, streaming with the model, bad model files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES
+from percepnet.enhancer import ChunkedStream, enhance_signal
+from percepnet.export import compare, export_all
+from percepnet.model import ModelConfig, PercepNet
+from percepnet.runtime import DEFAULT_MODEL, ModelError, OnnxModel, OnnxSource, load_enhancer_factory
+from tests.signals import add_noise, speechlike
+
+TINY = ModelConfig(conv_channels=24, gru_size=24, gru_layers=2, strength_gru_size=12)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[PercepNet, Path]:
+    torch.manual_seed(3)
+    net = PercepNet(TINY)
+    net.set_normalisation(torch.randn(70) * 0.1, torch.rand(70) + 0.5)
+    out = tmp_path_factory.mktemp("model")
+    export_all(net, out, "tiny", {"note": "test"})
+    return net, out
+
+
+def test_export_writes_float_int8_and_manifest(exported) -> None:
+    net, out = exported
+    manifest = json.loads((out / "tiny.json").read_text())
+    assert manifest["float"]["max_abs_vs_torch"] < 1e-4
+    assert (out / "tiny-int8.onnx").stat().st_size < (out / "tiny.onnx").stat().st_size
+    assert len(manifest["float"]["sha256"]) == 64
+    assert manifest["feature_mean"] == pytest.approx(net.feature_mean.tolist())
+
+
+def test_onnx_agrees_with_torch_and_int8_stays_close(exported) -> None:
+    net, out = exported
+    assert compare(net, OnnxModel(out / "tiny.onnx"), frames=100) < 1e-4
+    assert compare(net, OnnxModel(out / "tiny-int8.onnx"), frames=100) < 0.1
+
+
+def test_streaming_equals_whole_file_with_model_in_loop(exported) -> None:
+    _, out = exported
+    rng = np.random.default_rng(4)
+    clean = speechlike(0.8, rng)
+    noisy = add_noise(clean, 5.0, rng)
+    factory = load_enhancer_factory(out / "tiny-int8.onnx")
+    padded = np.concatenate([noisy, np.zeros(LATENCY_SAMPLES + FRAME_SIZE)])
+    frames = ChunkedStream(factory())
+    by_frame = np.concatenate(
+        [frames.process(padded[i : i + FRAME_SIZE]) for i in range(0, len(padded), FRAME_SIZE)]
+    )
+    chunks = ChunkedStream(factory())
+    sizes = rng.integers(1, 2000, size=100)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    by_chunk = np.concatenate([chunks.process(padded[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    n = min(len(by_frame), len(by_chunk))
+    np.testing.assert_array_equal(by_frame[:n], by_chunk[:n])
+    whole = enhance_signal(noisy, OnnxSource(OnnxModel(out / "tiny-int8.onnx")))
+    np.testing.assert_allclose(whole, by_frame[LATENCY_SAMPLES : LATENCY_SAMPLES + len(noisy)], atol=1e-5)
+
+
+def test_missing_and_corrupt_models_raise_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        load_enhancer_factory(tmp_path / "absent.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage" * 100)
+    with pytest.raises(ModelError, match="cannot load"):
+        load_enhancer_factory(bad)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(DEFAULT_MODEL.read_bytes()[:5000] if DEFAULT_MODEL.exists() else b"\x00" * 5000)
+    with pytest.raises(ModelError):
+        OnnxModel(truncated)
+
+
+def test_shipped_model_loads_and_denoises() -> None:
+    """The default model ships in models/ and reduces noise on a synthetic clip."""
+    factory = load_enhancer_factory()
+    rng = np.random.default_rng(9)
+    clean = 0.3 * speechlike(2.0, rng)
+    noisy = add_noise(clean, 5.0, rng)
+    out = enhance_signal(noisy, factory().source)
+
+    def snr(est: np.ndarray) -> float:
+        return float(10 * np.log10(np.sum(clean**2) / np.sum((est - clean) ** 2)))
+
+    assert snr(out) > snr(noisy) + 3.0

@@ -8,6 +8,7 @@
     GET    /streams, /streams/{id} per-stream JSON
     POST   /streams/{id}/control   JSON {enabled?, attenuation_limit_db?} -> stream JSON
     GET    /metrics /healthz /readyz /config.json, and the page at /
+    POST   /v1/rtp-sessions, GET/DELETE /v1/rtp-sessions/{id}: sidecar RTP (server/rtp.py)
 
 mode is "enhance" (default) or "passthrough" (no DSP at all: the benchmark baseline).
 """
@@ -27,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from percepnet.enhancer import Enhancer
-from server import aiortc_speedups
+from server import aiortc_speedups, rtp
 from server.config import Config
 from server.metrics import Metrics
 from server.session import (
@@ -48,7 +49,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 
 SDP_TYPE = "application/sdp"
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
-PROTECTED_PREFIXES = ("/offer", "/whip", "/streams", "/config.json")
+PROTECTED_PREFIXES = ("/offer", "/whip", "/streams", "/config.json", "/v1/")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
@@ -336,6 +337,7 @@ def create_app(
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/config.json", client_config)
+    rtp.install(app, config, manager, app_metrics)  # sidecar: /v1/rtp-sessions
     r.add_get("/", index)
     if config.static_dir.is_dir():
         r.add_static("/static/", config.static_dir)

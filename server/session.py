@@ -65,6 +65,10 @@ class UnknownSession(SessionError):
     status = 404
 
 
+class EnhancerUnavailable(SessionError):
+    status = 500
+
+
 class IceRestartUnsupported(SessionError):
     status = 422
 
@@ -269,8 +273,13 @@ class SessionManager:
 
     async def _negotiate(self, sdp: str, *, mode: Mode, kind: str) -> Session:
         sid = f"{self.worker_index}-{secrets.token_urlsafe(12)}"
+        try:
+            enhancer = self.enhancer_factory() if mode == "enhance" else None
+        except Exception as exc:
+            self.metrics.sessions.labels("failed").inc()
+            log.exception("enhancer factory failed")
+            raise EnhancerUnavailable(f"could not create an enhancer: {exc}") from exc
         pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(self.config)))
-        enhancer = self.enhancer_factory() if mode == "enhance" else None
         session = Session(id=sid, pc=pc, mode=mode, kind=kind, enhancer=enhancer)
         self._wire(session)
         try:

@@ -370,6 +370,19 @@ async def test_bad_requests_get_clear_statuses() -> None:
         assert await srv.metric("percepnet_sessions_total", outcome="failed") >= 2
 
 
+async def test_enhancer_factory_failure_is_a_clean_500() -> None:
+    def broken() -> Enhancer:
+        raise RuntimeError("model session lost")
+
+    async with serve(broken) as srv:
+        with pytest.raises(SignallingError) as err:
+            await ClientPeer.connect(srv.url, ClipTrack(CLIP))
+        assert err.value.status == 500 and "model session lost" in err.value.body
+        assert srv.manager.active == 0 and srv.manager.ready
+        baseline = await ClientPeer.connect(srv.url, ClipTrack(CLIP), mode="passthrough")
+        await baseline.close()
+
+
 async def test_bearer_token_required_when_configured() -> None:
     async with serve(auth_token="s3cret") as srv:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):

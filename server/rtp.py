@@ -53,6 +53,7 @@ from server.metrics import Metrics
 from server.session import (
     BadOffer,
     Draining,
+    EnhancerUnavailable,
     Mode,
     ServiceFull,
     Session,
@@ -598,10 +599,11 @@ class RtpService:
         enhancer: Enhancer | None = None
         try:
             enhancer = manager.enhancer_factory() if request.mode == "enhance" else None
-        except Exception:
+        except Exception as exc:
             sock.close()
             self.metrics.sessions.labels("failed").inc()
-            raise
+            log.exception("enhancer factory failed")
+            raise EnhancerUnavailable(f"could not create an enhancer: {exc}") from exc
         processor = StreamProcessor(enhancer, self.metrics, StreamStats())
         session_box: list[Session] = []
 

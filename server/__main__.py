@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers == 1:
         asyncio.run(serve_worker(config, factory))
         return 0
+    # Loaded above only to fail fast with a clear message; each worker loads its own.
+    del factory
     from server.router import serve_router
 
     return asyncio.run(serve_router(config))

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from percepnet.analysis import Frames
 from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
@@ -458,6 +459,22 @@ async def test_vanished_peer_frees_everything() -> None:
         await silent.close(hang_up=False)
     # the server is shut down: nothing it or the peers started may still be running
     assert await no_tasks_left() == []
+
+
+async def test_offer_never_connected_is_closed_after_connect_timeout() -> None:
+    async with serve(connect_timeout_s=0.5) as srv:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        desc = pc.localDescription
+        await pc.close()  # the answer is never applied: ICE never starts
+        status, _, _ = await srv.request(
+            "POST", "/offer", json={"sdp": desc.sdp, "type": desc.type}
+        )
+        assert status == 200 and srv.manager.active == 1
+        async with asyncio.timeout(5):
+            await srv.manager.wait_idle()
+        assert await srv.metric("percepnet_active_streams") == 0
 
 
 async def test_failing_enhancer_frames_pass_through_and_are_counted() -> None:

@@ -274,7 +274,7 @@ class OpusDecoder:
     """Opus payloads -> mono float at 48 kHz."""
 
     def __init__(self) -> None:
-        self.codec = cast(av.AudioCodecContext, av.CodecContext.create("libopus", "r"))
+        self.codec = av.CodecContext.create("libopus", "r")
         self.codec.sample_rate = SAMPLE_RATE
         self.codec.layout = "mono"
 
@@ -288,7 +288,7 @@ class OpusEncoder:
     """Mono float at 48 kHz -> one Opus payload per PACKET_SAMPLES samples."""
 
     def __init__(self, bitrate: int) -> None:
-        self.codec = cast(av.AudioCodecContext, av.CodecContext.create("libopus", "w"))
+        self.codec = av.CodecContext.create("libopus", "w")
         self.codec.sample_rate = SAMPLE_RATE
         self.codec.layout = "mono"
         self.codec.format = "s16"

@@ -24,6 +24,9 @@ RUN if [ -f /hostca.crt ]; then export PIP_CERT=/hostca.crt; fi \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -e ".[server]" \
  && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked in" >&2; exit 1; fi \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python3*/site-packages/numpy/*/tests \
+      /opt/venv/lib/python3*/site-packages/scipy/*/tests \
+      /opt/venv/lib/python3*/site-packages/scipy/*/*/tests \
  && rm -rf /app/percepnet.egg-info/SOURCES.txt
 
 FROM ${BASE_IMAGE}

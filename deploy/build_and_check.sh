@@ -23,9 +23,27 @@ CONTAINER=""
 SERVER_PID=""
 
 log() { printf '[build_and_check] %s\n' "$*" >&2; }
+descendants() {  # process ids under $1 (the buildah run process), deepest last
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do echo "$child"; descendants "$child"; done
+}
+stop_server() {  # SIGTERM (the service drains), then make sure the whole tree is gone
+  local pids
+  pids="$SERVER_PID $(descendants "$SERVER_PID")"
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 150); do
+    # shellcheck disable=SC2086
+    kill -0 $pids 2>/dev/null || return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  return 1
+}
 cleanup() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    stop_server || true
   fi
   [ -n "$CONTAINER" ] && buildah rm "$CONTAINER" >/dev/null 2>&1 || true
   rm -rf "$WORK"
@@ -40,6 +58,9 @@ done
 if ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
   log "making $BASE_IMAGE with debootstrap from $MIRROR"
   debootstrap --variant=minbase bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
+  # what debian:bookworm-slim leaves out too: package cache and lists, docs, man pages, locales
+  rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb "$WORK"/rootfs/var/lib/apt/lists/* \
+    "$WORK"/rootfs/usr/share/doc/* "$WORK"/rootfs/usr/share/man/* "$WORK"/rootfs/usr/share/locale/*
   tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
   rm -rf "$WORK/rootfs"
   base=$(buildah from scratch)
@@ -79,6 +100,9 @@ extra_env=()
 if [ ! -f "$MODEL" ]; then
   log "no $MODEL: serving with unity gains"
   extra_env=(--env PERCEPNET_UNITY_GAINS=1)
+fi
+if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then
+  log "port $PORT is already serving: stop that first (or set PORT)"; exit 1
 fi
 t0=$(date +%s.%N)
 run_in --env "PERCEPNET_PORT=$PORT" --env PERCEPNET_WORKERS=2 "${extra_env[@]}" "$CONTAINER" \
@@ -121,11 +145,13 @@ else
 fi
 
 # 6. One WebRTC session (and one RTP sidecar session) from the host.
-python3 deploy/check_container.py "http://127.0.0.1:$PORT"
+python3 deploy/check_container.py "http://127.0.0.1:$PORT" || { tail -60 "$WORK/server.log" >&2; exit 1; }
 
 # 7. Graceful stop: SIGTERM drains and exits.
-kill -TERM "$SERVER_PID"
-for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$SERVER_PID" 2>/dev/null; then log "server did not stop on SIGTERM"; exit 1; fi
+stop_server || { log "server did not stop within 15 s of SIGTERM"; exit 1; }
 SERVER_PID=""
+if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then
+  log "something still serves port $PORT after the stop"; exit 1
+fi
+grep -q "worker 0 stopped" "$WORK/server.log" || { log "no clean drain in the log"; exit 1; }
 log "OK: image $IMAGE ($(buildah images --format '{{.Size}}' "$IMAGE" | head -1)), ready in $ready s"

@@ -96,6 +96,20 @@ async def ffmpeg(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def wait_until_stable(path: Path, quiet_s: float = 0.6, limit_s: float = 8.0) -> None:
+    """Until the receiver's output file has stopped growing for `quiet_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    size, since = -1, loop.time()
+    while loop.time() < deadline:
+        now_size = await asyncio.to_thread(lambda: path.stat().st_size if path.exists() else 0)
+        if now_size != size:
+            size, since = now_size, loop.time()
+        elif size > 0 and loop.time() - since >= quiet_s:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def ffmpeg_round_trip(srv: Served, noisy: np.ndarray, tmp: Path, **body: Any) -> np.ndarray:
     """ffmpeg -> sidecar -> ffmpeg; returns what the receiving ffmpeg wrote (mono float)."""
     src, out, sdp = tmp / "noisy.wav", tmp / "cleaned.wav", tmp / "cleaned.sdp"
@@ -121,7 +135,7 @@ async def ffmpeg_round_trip(srv: Served, noisy: np.ndarray, tmp: Path, **body: A
         async with asyncio.timeout(SECONDS + 20):
             _, err = await sender.communicate()
         assert sender.returncode == 0, err.decode()
-        await asyncio.sleep(0.5)  # the last packets through the sidecar
+        await wait_until_stable(out)  # the last packets through the sidecar and ffmpeg
         status, _, _ = await srv.request("GET", f"/v1/rtp-sessions/{info['id']}")
         assert status == 200
         # Two SIGINTs: the first asks ffmpeg to stop after the next packet, the second
@@ -178,7 +192,8 @@ async def test_ffmpeg_round_trip_fixed_gain(tmp_path: Path) -> None:
         assert streams["active"] == 1 and streams["streams"][0]["kind"] == "rtp"
         assert await srv.metric("percepnet_rtp_packets_total", outcome="lost") == 0
         assert await srv.metric("percepnet_rtp_packets_total", outcome="sent") >= SECONDS * 50 - 2
-    # duration right (the receiver starts on the first packet and stops on "q")
+    # duration right: the sidecar sends every 20 ms slot (counted above); the receiving
+    # ffmpeg writes ~0.27 s less here (3.02 s sent, 2.73 s in its WAV)
     assert abs(len(y) / SAMPLE_RATE - SECONDS) < 0.3, len(y) / SAMPLE_RATE
     lag = lag_of(y, noisy)
     assert 1440 <= lag < 4800, lag  # 30 ms enhancer + two Opus passes, under 100 ms

@@ -34,7 +34,9 @@ from tests.signals import add_noise, speechlike  # noqa: E402
 FRAME_MS = 1000.0 * FRAME_SIZE / SAMPLE_RATE
 
 
-def measure(step: Callable[[np.ndarray], object], frames: np.ndarray, per_call: int = 1) -> np.ndarray:
+def measure(
+    step: Callable[[np.ndarray], object], frames: np.ndarray, per_call: int = 1
+) -> np.ndarray:
     """CPU ns per 10 ms frame for each call (a call may consume several frames)."""
     costs = np.empty(len(frames) // per_call)
     for i in range(len(costs)):
@@ -71,7 +73,9 @@ def opus_passthrough() -> Callable[[np.ndarray], object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
     parser.add_argument("--float-model", default=str(REPO / "models" / "percepnet.onnx"))
@@ -84,7 +88,10 @@ def main() -> int:
     rows: list[tuple[str, np.ndarray]] = []
     dsp = Enhancer()
     rows.append(("PercepNet DSP alone (unity gains)", measure(lambda f: dsp.process(f[0]), frames)))
-    for label, path in (("PercepNet DSP + int8 model", args.model), ("PercepNet DSP + float model", args.float_model)):
+    for label, path in (
+        ("PercepNet DSP + int8 model", args.model),
+        ("PercepNet DSP + float model", args.float_model),
+    ):
         if Path(path).exists():
             enh = Enhancer(OnnxSource(load_model(path)))
             rows.append((label, measure(lambda f, e=enh: e.process(f[0]), frames)))
@@ -92,13 +99,19 @@ def main() -> int:
             state = [model.initial_state()]
             feats = np.zeros((1, 70), np.float32)
 
-            def model_only(_f: np.ndarray, m=model, s=state) -> None:
+            def model_only(_f: np.ndarray, m=model, s=state, feats=feats) -> None:
                 _, _, s[0] = m.step(feats, s[0])
 
-            rows.append((label.replace("PercepNet DSP + ", "model alone: "), measure(model_only, frames)))
+            rows.append(
+                (label.replace("PercepNet DSP + ", "model alone: "), measure(model_only, frames))
+            )
     rn = RNNoiseReference()
-    rows.append(("RNNoise (pyrnnoise, per frame)", measure(lambda f: rn.process_frame(f[0]), frames)))
-    rows.append(("aiortc pass-through (Opus dec+enc)", measure(opus_passthrough(), frames, per_call=2)))
+    rows.append(
+        ("RNNoise (pyrnnoise, per frame)", measure(lambda f: rn.process_frame(f[0]), frames))
+    )
+    rows.append(
+        ("aiortc pass-through (Opus dec+enc)", measure(opus_passthrough(), frames, per_call=2))
+    )
 
     print(f"{len(frames)} frames of {FRAME_MS:.0f} ms, CPU time per 10 ms of audio (one thread)\n")
     print("| system | median (us) | p99 (us) | RTF (mean) | % of a core | streams/core |")
@@ -106,8 +119,10 @@ def main() -> int:
     for name, ns in rows:
         us = ns / 1000.0
         rtf = float(np.mean(us)) / (FRAME_MS * 1000.0)
-        print(f"| {name} | {np.median(us):.0f} | {np.percentile(us, 99):.0f} | {rtf:.4f} | "
-              f"{100 * np.median(us) / (FRAME_MS * 1000):.2f} | {1 / rtf:.0f} |")
+        print(
+            f"| {name} | {np.median(us):.0f} | {np.percentile(us, 99):.0f} | {rtf:.4f} | "
+            f"{100 * np.median(us) / (FRAME_MS * 1000):.2f} | {1 / rtf:.0f} |"
+        )
     return 0
 
 

@@ -21,7 +21,11 @@ from percepnet.audio import load
 from percepnet.enhancer import OracleSource, enhance_signal
 from percepnet.metrics import METRIC_NAMES, markdown_table, score, summarise
 
-SPEECH_DIRS = ("speech/librispeech_excerpts", "speech/picovoice_speech_to_intent", "speech/ljspeech_subset")
+SPEECH_DIRS = (
+    "speech/librispeech_excerpts",
+    "speech/picovoice_speech_to_intent",
+    "speech/ljspeech_subset",
+)
 NOISES = (
     "noise/kitchen/kitchen.flac",
     "noise/speech_commands_background/doing_the_dishes.flac",
@@ -46,7 +50,9 @@ def pick_speech(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
     return files[:n]
 
 
-def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+def mix(
+    speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator
+) -> np.ndarray:
     start = int(rng.integers(0, max(1, len(noise) - len(speech))))
     seg = np.resize(noise[start:], len(speech))
     gain = np.sqrt(np.mean(speech**2) / (np.mean(seg**2) + 1e-12) / 10 ** (snr_db / 10))
@@ -64,9 +70,13 @@ def run(root: Path, n_clips: int, seed: int) -> list[dict[str, float | str]]:
             noisy = mix(speech, noises[(ci + si) % len(noises)], snr, rng)
             outs = {
                 "noisy": noisy,
-                "gains": enhance_signal(noisy, OracleSource(speech, use_pitch_filter=False), use_postfilter=False),
+                "gains": enhance_signal(
+                    noisy, OracleSource(speech, use_pitch_filter=False), use_postfilter=False
+                ),
                 "gains+pitch": enhance_signal(noisy, OracleSource(speech), use_postfilter=False),
-                "gains+pitch+postfilter": enhance_signal(noisy, OracleSource(speech), use_postfilter=True),
+                "gains+pitch+postfilter": enhance_signal(
+                    noisy, OracleSource(speech), use_postfilter=True
+                ),
             }
             for name, est in outs.items():
                 rows.append({"system": name, "clip": path.name, "snr": snr, **score(speech, est)})
@@ -75,8 +85,12 @@ def run(root: Path, n_clips: int, seed: int) -> list[dict[str, float | str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    )
     parser.add_argument("--clips", type=int, default=12, help="speech clips (x3 SNRs = mixtures)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write per-mixture rows as JSON")
@@ -89,11 +103,15 @@ def main() -> int:
     print("mean:\n" + markdown_table(summary, stat="mean"))
     med = {s.system: s.median for s in summary}
     pitch_helps = med["gains+pitch"]["pesq_wb"] > med["gains"]["pesq_wb"]
-    full_best = all(med["gains+pitch+postfilter"]["pesq_wb"] >= med[c]["pesq_wb"] for c in CONDITIONS)
+    full_best = all(
+        med["gains+pitch+postfilter"]["pesq_wb"] >= med[c]["pesq_wb"] for c in CONDITIONS
+    )
     print(f"pitch filter beats gains alone on PESQ: {'yes' if pitch_helps else 'NO'}")
     print(f"full chain best of the four on PESQ: {'yes' if full_best else 'NO'}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "metrics": list(METRIC_NAMES)}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"rows": rows, "metrics": list(METRIC_NAMES)}, indent=1)
+        )
     return 0
 
 

@@ -45,7 +45,9 @@ def eval_set(split: str, n: int, root: Path) -> list[dict[str, str]]:
     return rows[:n]
 
 
-def systems(models: Path, extra: list[str]) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+def systems(
+    models: Path, extra: list[str]
+) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     f32, i8 = load_model(models / "percepnet.onnx"), load_model(models / "percepnet-int8.onnx")
 
     def rnnoise(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
@@ -71,12 +73,16 @@ def systems(models: Path, extra: list[str]) -> dict[str, Callable[[np.ndarray, n
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", choices=["dev", "test"], default="test")
     parser.add_argument("--n", type=int, default=30)
     parser.add_argument("--eval-dir", default=str(REPO / "cache" / "eval"))
     parser.add_argument("--models", default=str(REPO / "models"))
-    parser.add_argument("--extra", nargs="*", default=[], help="int8-no-postfilter oracle-no-postfilter")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="int8-no-postfilter oracle-no-postfilter"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     root = Path(args.eval_dir)
@@ -88,7 +94,14 @@ def main() -> int:
         clean, noisy = load(root / item["clean"]), load(root / item["noisy"])
         for name, run in runs.items():
             est = run(noisy, clean)
-            rows.append({"system": name, "id": item["id"], "snr_db": item.get("snr_db", ""), **score(clean, est)})
+            rows.append(
+                {
+                    "system": name,
+                    "id": item["id"],
+                    "snr_db": item.get("snr_db", ""),
+                    **score(clean, est),
+                }
+            )
         print(f"[{i + 1}/{len(rows_in)}] {item['id']}", file=sys.stderr, flush=True)
     summary = summarise(rows)
     print(f"{args.split} split, {len(rows_in)} mixtures, {time.monotonic() - t0:.0f} s\n")

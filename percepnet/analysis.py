@@ -25,8 +25,8 @@ from percepnet.bands import band_cross, band_energy, coherence
 from percepnet.comb import comb_filter, comb_noise_gain, comb_weights
 from percepnet.constants import (
     BUFFER_SAMPLES,
-    EXTRA_ATTENUATION_N0,
     EPS,
+    EXTRA_ATTENUATION_N0,
     FRAME_SIZE,
     HISTORY_SAMPLES,
     LOOKAHEAD_FRAMES,

@@ -52,7 +52,9 @@ def resample(x: FloatArray, rate_in: int, rate_out: int) -> FloatArray:
         raise AudioError(f"invalid sample rate {rate_in} -> {rate_out}")
     if rate_in == rate_out:
         return np.asarray(x, dtype=np.float64)
-    return np.asarray(soxr.resample(np.asarray(x, dtype=np.float64), rate_in, rate_out, quality="HQ"))
+    return np.asarray(
+        soxr.resample(np.asarray(x, dtype=np.float64), rate_in, rate_out, quality="HQ")
+    )
 
 
 def from_internal(x: npt.ArrayLike, rate: int, channels: int = 1) -> FloatArray:

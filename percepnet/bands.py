@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.constants import BIN_HZ, MAX_BAND_HZ, MIN_BAND_BINS, NB_BANDS, NB_BINS, EPS
+from percepnet.constants import BIN_HZ, EPS, MAX_BAND_HZ, MIN_BAND_BINS, NB_BANDS, NB_BINS
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]

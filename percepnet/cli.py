@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from percepnet.audio import AudioError
 
@@ -23,13 +24,16 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
         postfilter=not args.no_postfilter,
     )
     if info["nonfinite_input_samples"]:
-        print(f"warning: {int(info['nonfinite_input_samples'])} NaN/inf input samples were replaced by 0",
-              file=sys.stderr)
+        print(
+            f"warning: {int(info['nonfinite_input_samples'])} NaN/inf input samples "
+            "were replaced by 0",
+            file=sys.stderr,
+        )
     print(f"wrote {args.output} ({info['seconds']:.2f} s)")
     return 0
 
 
-def _mixture_factory(data: str | None, cache: str | None):  # type: ignore[no-untyped-def]
+def _mixture_factory(data: str | None, cache: str | None) -> _CorpusFactory:
     """(split, seed) -> mixture maker, over the corpus built by `percepnet data`."""
     from percepnet.data.corpus import DataConfig
 
@@ -43,12 +47,12 @@ class _CorpusFactory:
     def __init__(self, cfg: object) -> None:
         self.cfg = cfg
 
-    def __call__(self, split: str, seed: int):  # type: ignore[no-untyped-def]
+    def __call__(self, split: str, seed: int) -> Callable[[], tuple[Any, Any, float]]:
         from percepnet.data.mix import MixtureGenerator
 
         gen = MixtureGenerator(self.cfg, split, seed)  # type: ignore[arg-type]
 
-        def make() -> tuple:  # type: ignore[type-arg]
+        def make() -> tuple[Any, Any, float]:
             clean, noisy, meta = next(gen)
             return clean, noisy, float(meta["bandwidth_hz"])
 
@@ -62,11 +66,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from percepnet.train import TrainConfig, train
 
     model = ModelConfig(
-        conv_channels=args.conv, gru_size=args.gru, gru_layers=args.layers, strength_gru_size=args.strength_gru
+        conv_channels=args.conv,
+        gru_size=args.gru,
+        gru_layers=args.layers,
+        strength_gru_size=args.strength_gru,
     )
-    cfg = TrainConfig(minutes=args.minutes, batch_size=args.batch, seed=args.seed, model=model,
-                      eval_every_s=args.eval_every * 60, workers=args.workers)
-    best = train(Path(args.out), _mixture_factory(args.data, args.cache), cfg, resume=not args.no_resume)
+    cfg = TrainConfig(
+        minutes=args.minutes,
+        batch_size=args.batch,
+        seed=args.seed,
+        model=model,
+        eval_every_s=args.eval_every * 60,
+        workers=args.workers,
+        fresh_per_batch=min(args.fresh, args.batch),
+    )
+    best = train(
+        Path(args.out), _mixture_factory(args.data, args.cache), cfg, resume=not args.no_resume
+    )
     print(f"best checkpoint: {best}")
     return 0
 
@@ -81,8 +97,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     info = {"training": ckpt.get("train_state", {}), "train_config": ckpt.get("train_config", {})}
     info["training"] = {k: v for k, v in info["training"].items() if k != "history"}
     manifest = export_all(net, Path(args.out_dir), args.stem, info)
-    print(f"float: {manifest['float']['file']} (max |onnx - torch| {manifest['float']['max_abs_vs_torch']:.1e})")
-    print(f"int8:  {manifest['int8']['file']} (max |onnx - torch| {manifest['int8']['max_abs_vs_torch']:.1e})")
+    for kind in ("float", "int8"):
+        entry = manifest[kind]
+        print(f"{kind}: {entry['file']} (max |onnx - torch| {entry['max_abs_vs_torch']:.1e})")
     return 0
 
 
@@ -91,8 +108,13 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     from percepnet.offline import enhance_paths
 
-    n = enhance_paths([Path(p) for p in args.inputs], Path(args.output), model=args.model,
-                      postfilter=not args.no_postfilter, attenuation_limit_db=args.attenuation_limit)
+    n = enhance_paths(
+        [Path(p) for p in args.inputs],
+        Path(args.output),
+        model=args.model,
+        postfilter=not args.no_postfilter,
+        attenuation_limit_db=args.attenuation_limit,
+    )
     print(f"enhanced {n} file(s) into {args.output}")
     return 0
 
@@ -104,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("oracle", help="enhance with ideal gains computed from the clean reference")
     p.add_argument("--clean", required=True, help="clean reference file")
     p.add_argument("--noisy", required=True, help="noisy file (same duration)")
-    p.add_argument("-o", "--output", required=True, help="output file (written at the noisy file's rate)")
+    p.add_argument(
+        "-o", "--output", required=True, help="output file (written at the noisy file's rate)"
+    )
     p.add_argument("--no-pitch-filter", action="store_true", help="band gains only, no comb filter")
     p.add_argument("--no-postfilter", action="store_true", help="skip the envelope postfilter")
     p.set_defaults(func=_cmd_oracle)
@@ -114,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped int8 model)")
     p.add_argument("--no-postfilter", action="store_true")
-    p.add_argument("--attenuation-limit", type=float, default=None, metavar="DB",
-                   help="never attenuate more than this many dB")
+    p.add_argument(
+        "--attenuation-limit",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="never attenuate more than this many dB",
+    )
     p.set_defaults(func=_cmd_enhance)
 
     p = sub.add_parser("data", help="build the training corpus (fetch, screen, split, pack)")
@@ -132,8 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--strength-gru", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--fresh", type=int, default=8, help="new mixtures per batch (the rest replayed)"
+    )
     p.add_argument("--eval-every", type=float, default=10.0, help="minutes between dev evaluations")
-    p.add_argument("--data", default=None, help="shared data folder (default: PERCEPNET_DATA or ../shared/data)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="shared data folder (default: PERCEPNET_DATA or ../shared/data)",
+    )
     p.add_argument("--cache", default=None, help="corpus cache folder (default: cache/)")
     p.add_argument("--no-resume", action="store_true")
     p.set_defaults(func=_cmd_train)

@@ -61,7 +61,9 @@ def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> F
     WINDOW_SIZE); period: [F]; weights: [F, 2K + 1]. Returns [F, WINDOW_SIZE].
     """
     # Dropped taps (weight 0) may point past the context: clamp them to a valid place.
-    start = np.minimum(HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE)
+    start = np.minimum(
+        HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE
+    )
     rows = np.arange(len(context))[:, None, None]
     taps = context[rows, start[:, :, None] + _WINDOW_RANGE]  # [F, taps, W]
     return np.asarray((weights[:, None, :] @ taps)[:, 0, :])

@@ -166,7 +166,14 @@ class Enhancer:
         d.pitch_correlation = float(frames.pitch_corr[0])
         if not self.enabled:
             g, r = self._unity(frames)
-        spectrum = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=self.use_postfilter and self.enabled)
+        spectrum = apply_gains(
+            frames.Y,
+            frames.P,
+            frames.E_y,
+            g,
+            r,
+            use_postfilter=self.use_postfilter and self.enabled,
+        )
         y = synthesis(spectrum)[0]
         out = self._overlap + y[:FRAME_SIZE]
         self._overlap = y[FRAME_SIZE:].copy()

@@ -17,7 +17,13 @@ import torch
 
 from percepnet.constants import NB_FEATURES
 from percepnet.model import PercepNet, StreamingPercepNet, count_parameters, state_shapes
-from percepnet.runtime import INPUT_FEATURES, OUTPUT_GAINS, OUTPUT_STRENGTHS, STATE_SUFFIX, OnnxModel
+from percepnet.runtime import (
+    INPUT_FEATURES,
+    OUTPUT_GAINS,
+    OUTPUT_STRENGTHS,
+    STATE_SUFFIX,
+    OnnxModel,
+)
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -46,7 +52,9 @@ def export_onnx(net: PercepNet, path: Path) -> None:
         _export(stream, args, path, names)
 
 
-def _export(stream: StreamingPercepNet, args: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
+def _export(
+    stream: StreamingPercepNet, args: tuple[torch.Tensor, ...], path: Path, names: list[str]
+) -> None:
     torch.onnx.export(
         stream,
         args,
@@ -78,10 +86,14 @@ def compare(net: PercepNet, model: OnnxModel, frames: int = 300, seed: int = 0) 
 def quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
 
 
-def export_all(net: PercepNet, out_dir: Path, stem: str = "percepnet", info: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_all(
+    net: PercepNet, out_dir: Path, stem: str = "percepnet", info: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write STEM.onnx (float), STEM-int8.onnx and STEM.json (the manifest)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     f32, i8 = out_dir / f"{stem}.onnx", out_dir / f"{stem}-int8.onnx"
@@ -99,8 +111,18 @@ def export_all(net: PercepNet, out_dir: Path, stem: str = "percepnet", info: dic
         "outputs": [OUTPUT_GAINS, OUTPUT_STRENGTHS],
         "feature_mean": net.feature_mean.tolist(),
         "feature_std": net.feature_std.tolist(),
-        "float": {"file": f32.name, "sha256": sha256(f32), "bytes": f32.stat().st_size, "max_abs_vs_torch": err},
-        "int8": {"file": i8.name, "sha256": sha256(i8), "bytes": i8.stat().st_size, "max_abs_vs_torch": err_q},
+        "float": {
+            "file": f32.name,
+            "sha256": sha256(f32),
+            "bytes": f32.stat().st_size,
+            "max_abs_vs_torch": err,
+        },
+        "int8": {
+            "file": i8.name,
+            "sha256": sha256(i8),
+            "bytes": i8.stat().st_size,
+            "max_abs_vs_torch": err_q,
+        },
         **(info or {}),
     }
     (out_dir / f"{stem}.json").write_text(json.dumps(manifest, indent=2) + "\n")

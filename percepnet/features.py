@@ -40,7 +40,10 @@ def compute_example(noisy: FloatArray, clean: FloatArray) -> Example:
     if len(noisy) != len(clean):
         raise ValueError(f"noisy and clean lengths differ: {len(noisy)} vs {len(clean)}")
     n = n_steps_for(len(noisy))
-    pn, pc = pad_signal(np.asarray(noisy, np.float64), n), pad_signal(np.asarray(clean, np.float64), n)
+    pn, pc = (
+        pad_signal(np.asarray(noisy, np.float64), n),
+        pad_signal(np.asarray(clean, np.float64), n),
+    )
     analyzer = Analyzer()
     feats, gs, rs, es = [], [], [], []
     for first in range(0, n, BLOCK_STEPS):
@@ -51,4 +54,6 @@ def compute_example(noisy: FloatArray, clean: FloatArray) -> Example:
         gs.append(g)
         rs.append(r)
         es.append(frames.E_y)
-    return Example(np.concatenate(feats), np.concatenate(gs), np.concatenate(rs), np.concatenate(es))
+    return Example(
+        np.concatenate(feats), np.concatenate(gs), np.concatenate(rs), np.concatenate(es)
+    )

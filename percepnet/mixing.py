@@ -21,8 +21,8 @@ ComplexArray = npt.NDArray[np.complex128]
 def postfilter(g: FloatArray, E_y: FloatArray) -> FloatArray:
     """Target band gains G g_w for [F, NB_BANDS] gains and noisy band energies."""
     g_w = g * np.sin(0.5 * np.pi * g)
-    e0 = np.einsum("fb,fb,fb->f", g, g, E_y)[:, None]
-    e1 = np.einsum("fb,fb,fb->f", g_w, g_w, E_y)[:, None]
+    e0 = (g * g * E_y).sum(axis=-1, keepdims=True)
+    e1 = (g_w * g_w * E_y).sum(axis=-1, keepdims=True)
     ratio = (e0 + EPS) / (e1 + EPS)
     beta = POSTFILTER_BETA
     G = np.sqrt((1.0 + beta) * ratio / (1.0 + beta * ratio * ratio))

@@ -49,6 +49,10 @@ class Outputs(NamedTuple):
 
 
 class PercepNet(nn.Module):
+    feature_mean: Tensor
+    feature_std: Tensor
+    grus: nn.ModuleList
+
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
         self.config = config
@@ -61,7 +65,9 @@ class PercepNet(nn.Module):
             [nn.GRU(c if i == 0 else h, h, batch_first=True) for i in range(config.gru_layers)]
         )
         self.gain_head = nn.Linear(c + h * config.gru_layers, NB_BANDS)
-        self.strength_gru = nn.GRU(h * config.strength_from_layers, config.strength_gru_size, batch_first=True)
+        self.strength_gru = nn.GRU(
+            h * config.strength_from_layers, config.strength_gru_size, batch_first=True
+        )
         self.strength_head = nn.Linear(config.strength_gru_size, NB_BANDS)
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
@@ -85,7 +91,7 @@ class PercepNet(nn.Module):
             hstr = None
         else:
             hist1, hist2, gru_h, hstr = state
-            hs = list(gru_h)  # type: ignore[arg-type]
+            hs = list(gru_h)
         x = ((features - self.feature_mean) / self.feature_std).transpose(1, 2)  # [B, F, J]
         x1 = torch.cat([hist1, x], dim=-1)
         c1 = torch.tanh(self.conv1(x1))
@@ -98,9 +104,16 @@ class PercepNet(nn.Module):
             outs.append(y)
             new_h.append(hn)
         gains = torch.sigmoid(self.gain_head(torch.cat([conv, *outs], dim=-1)))
-        s, hstr_n = self.strength_gru(torch.cat(outs[-self.config.strength_from_layers :], dim=-1), hstr)
+        s, hstr_n = self.strength_gru(
+            torch.cat(outs[-self.config.strength_from_layers :], dim=-1), hstr
+        )
         strengths = torch.sigmoid(self.strength_head(s))
-        next_state = (x1[..., -(CONV1_KERNEL - 1) :], x2[..., -(CONV2_KERNEL - 1) :], torch.stack(new_h), hstr_n)
+        next_state = (
+            x1[..., -(CONV1_KERNEL - 1) :],
+            x2[..., -(CONV2_KERNEL - 1) :],
+            torch.stack(new_h),
+            hstr_n,
+        )
         del h
         return Outputs(gains, strengths), next_state
 
@@ -125,8 +138,12 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
     """One step of a single-layer torch GRU written out (same equations as nn.GRU)."""
-    gi = x @ gru.weight_ih_l0.t() + gru.bias_ih_l0
-    gh = h @ gru.weight_hh_l0.t() + gru.bias_hh_l0
+    w_ih, w_hh = gru.weight_ih_l0, gru.weight_hh_l0
+    b_ih, b_hh = gru.bias_ih_l0, gru.bias_hh_l0
+    assert isinstance(w_ih, Tensor) and isinstance(w_hh, Tensor)
+    assert isinstance(b_ih, Tensor) and isinstance(b_hh, Tensor)
+    gi = x @ w_ih.t() + b_ih
+    gh = h @ w_hh.t() + b_hh
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)
@@ -143,9 +160,16 @@ class StreamingPercepNet(nn.Module):
         self.net = net
 
     def forward(
-        self, features: Tensor, conv1_history: Tensor, conv2_history: Tensor, gru_state: Tensor, strength_state: Tensor
+        self,
+        features: Tensor,
+        conv1_history: Tensor,
+        conv2_history: Tensor,
+        gru_state: Tensor,
+        strength_state: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         net = self.net
+        grus: list[nn.GRU] = list(net.grus)  # type: ignore[arg-type]
+        assert net.conv1.bias is not None and net.conv2.bias is not None
         x = (features - net.feature_mean) / net.feature_std  # [1, F]
         hist1 = torch.cat([conv1_history, x[:, None, :]], dim=1)  # [1, K1, F]
         w1 = net.conv1.weight.permute(2, 1, 0).reshape(-1, net.conv1.out_channels)  # [K1*F, C]
@@ -156,12 +180,16 @@ class StreamingPercepNet(nn.Module):
         outs = []
         y = conv
         new_states = []
-        for i, gru in enumerate(net.grus):
+        for i, gru in enumerate(grus):
             y = _gru_cell(gru, y, gru_state[i])
             outs.append(y)
             new_states.append(y)
         gains = torch.sigmoid(net.gain_head(torch.cat([conv, *outs], dim=-1)))
-        s = _gru_cell(net.strength_gru, torch.cat(outs[-net.config.strength_from_layers :], dim=-1), strength_state[0])
+        s = _gru_cell(
+            net.strength_gru,
+            torch.cat(outs[-net.config.strength_from_layers :], dim=-1),
+            strength_state[0],
+        )
         strengths = torch.sigmoid(net.strength_head(s))
         return (
             gains,

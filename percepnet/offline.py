@@ -31,7 +31,8 @@ def oracle_file(
     dur_c, dur_n = len(clean_raw) / clean_rate, len(noisy_raw) / noisy_rate
     if abs(dur_c - dur_n) > 1e-3:
         raise AudioError(
-            f"clean and noisy differ in length: {dur_c:.3f} s ({clean_path}) vs {dur_n:.3f} s ({noisy_path})"
+            f"clean and noisy differ in length: {dur_c:.3f} s ({clean_path}) "
+            f"vs {dur_n:.3f} s ({noisy_path})"
         )
     clean = to_internal(clean_raw, clean_rate)
     noisy = to_internal(noisy_raw, noisy_rate)
@@ -42,7 +43,9 @@ def oracle_file(
     return {"seconds": n / 48_000, "nonfinite_input_samples": count_nonfinite(noisy_raw)}
 
 
-def enhance_file_signal(x: FloatArray, source: GainSource, *, postfilter: bool = True) -> FloatArray:
+def enhance_file_signal(
+    x: FloatArray, source: GainSource, *, postfilter: bool = True
+) -> FloatArray:
     return np.asarray(enhance_signal(x, source, use_postfilter=postfilter), dtype=np.float64)
 
 
@@ -83,7 +86,11 @@ def enhance_paths(
     for path, rel in tqdm(files, unit="file", disable=not progress or len(files) < 2):
         raw, rate = read_audio(path)
         x = to_internal(raw, rate)
-        y = enhance_signal(x, OnnxSource(net), use_postfilter=postfilter, attenuation_limit_db=attenuation_limit_db)
-        target = (out_dir / rel).with_suffix(".wav" if path.suffix.lower() in (".ogg", ".mp3") else path.suffix)
+        y = enhance_signal(
+            x, OnnxSource(net), use_postfilter=postfilter, attenuation_limit_db=attenuation_limit_db
+        )
+        target = (out_dir / rel).with_suffix(
+            ".wav" if path.suffix.lower() in (".ogg", ".mp3") else path.suffix
+        )
         write_audio(target, from_internal(y, rate, raw.shape[1]), rate)
     return len(files)

@@ -86,7 +86,8 @@ def coarse_scores(segments_d: FloatArray) -> FloatArray:
     r = np.zeros(_NL + 1)  # last entry: the sentinel
     csum = np.zeros(SEGMENT_D + 1)
     for i, seg in enumerate(segments_d):
-        # 'valid' output k compares the window with seg[k : k + WIN_D], i.e. lag SEGMENT_D - WIN_D - k
+        # 'valid' output k compares the window with seg[k : k + WIN_D]:
+        # lag SEGMENT_D - WIN_D - k
         xy = np.correlate(seg, seg[-WIN_D:], "valid")
         np.cumsum(seg * seg, out=csum[1:])
         energy = csum[WIN_D:] - csum[:-WIN_D]  # of the window starting at k
@@ -142,7 +143,9 @@ def refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, Float
     correlation at T, clipped to [0, 1].
     """
     n = len(history)
-    lo = np.clip(coarse_lag_d * DECIMATION - REFINE_RADIUS, PITCH_MIN, PITCH_MAX - 2 * REFINE_RADIUS)
+    lo = np.clip(
+        coarse_lag_d * DECIMATION - REFINE_RADIUS, PITCH_MIN, PITCH_MAX - 2 * REFINE_RADIUS
+    )
     period = np.empty(n, dtype=np.int64)
     corr = np.empty(n)
     for i in range(n):

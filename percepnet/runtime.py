@@ -50,19 +50,25 @@ class OnnxModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path), opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
             raise ModelError(f"cannot load model {self.path}: {exc}") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if INPUT_FEATURES not in inputs or not {OUTPUT_GAINS, OUTPUT_STRENGTHS} <= outputs:
-            raise ModelError(f"{self.path} is not a PercepNet streaming model (inputs {sorted(inputs)})")
+            raise ModelError(
+                f"{self.path} is not a PercepNet streaming model (inputs {sorted(inputs)})"
+            )
         self.state_names = [n for n in inputs if n != INPUT_FEATURES]
         missing = [n for n in self.state_names if n + STATE_SUFFIX not in outputs]
         if missing:
             raise ModelError(f"{self.path}: no output for state {missing}")
         self.state_shapes = {n: tuple(int(d) for d in inputs[n].shape) for n in self.state_names}
-        self.output_names = [OUTPUT_GAINS, OUTPUT_STRENGTHS] + [n + STATE_SUFFIX for n in self.state_names]
+        self.output_names = [OUTPUT_GAINS, OUTPUT_STRENGTHS] + [
+            n + STATE_SUFFIX for n in self.state_names
+        ]
         # One real run: fails now, at load, rather than on the first audio frame.
         g, r, _ = self.step(np.zeros((1, NB_FEATURES), np.float32), self.initial_state())
         if g.shape != (1, NB_BANDS) or r.shape != (1, NB_BANDS) or not np.isfinite(g).all():
@@ -73,7 +79,9 @@ class OnnxModel:
 
     def step(
         self, features: npt.NDArray[np.float32], state: dict[str, npt.NDArray[np.float32]]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
+    ) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]
+    ]:
         feed = {INPUT_FEATURES: features, **state}
         outs = self.session.run(self.output_names, feed)
         new_state = {n: outs[2 + i] for i, n in enumerate(self.state_names)}
@@ -107,7 +115,9 @@ def load_model(path: str | Path | None = None) -> OnnxModel:
     return OnnxModel(path if path is not None else DEFAULT_MODEL)
 
 
-def load_enhancer_factory(path: str | Path | None = None, **enhancer_kwargs: object) -> EnhancerFactory:
+def load_enhancer_factory(
+    path: str | Path | None = None, **enhancer_kwargs: object
+) -> EnhancerFactory:
     """Load the model once; the returned callable makes a new per-stream Enhancer."""
     model = load_model(path)
 

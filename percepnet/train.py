@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from percepnet.analysis import Frames
 from percepnet.bands import BAND_CENTRES
-from percepnet.constants import BIN_HZ, NB_BANDS, SAMPLE_RATE
+from percepnet.constants import BIN_HZ, SAMPLE_RATE
 from percepnet.enhancer import GainPair, enhance_signal
 from percepnet.features import compute_example
 from percepnet.model import ModelConfig, PercepNet
@@ -64,7 +64,7 @@ class TrainConfig:
 
 def band_mask(bandwidth_hz: float) -> FloatArray:
     """1 for bands whose centre lies within the clip's real bandwidth, else 0."""
-    mask = (BAND_CENTRES * BIN_HZ <= bandwidth_hz).astype(np.float64)
+    mask = (bandwidth_hz >= BAND_CENTRES * BIN_HZ).astype(np.float64)
     mask[0] = 1.0
     return mask
 
@@ -106,7 +106,9 @@ class ExampleStream(IterableDataset[dict[str, torch.Tensor]]):
 
 def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     n = min(len(it["features"]) for it in items)
-    return {k: torch.stack([it[k][:n] if it[k].dim() > 1 else it[k] for it in items]) for k in items[0]}
+    return {
+        k: torch.stack([it[k][:n] if it[k].dim() > 1 else it[k] for it in items]) for k in items[0]
+    }
 
 
 class TorchSource:
@@ -154,7 +156,9 @@ def load_checkpoint(path: Path) -> tuple[PercepNet, dict[str, Any]]:
     return net, ckpt
 
 
-def feature_statistics(examples: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_statistics(
+    examples: list[dict[str, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats = torch.cat([e["features"] for e in examples])
     return feats.mean(dim=0), feats.std(dim=0)
 
@@ -177,7 +181,13 @@ def train(
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     net = PercepNet(cfg.model)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {"step": 0, "wall_s": 0.0, "audio_s": 0.0, "best_pesq": -1.0, "history": []}
+    state: dict[str, Any] = {
+        "step": 0,
+        "wall_s": 0.0,
+        "audio_s": 0.0,
+        "best_pesq": -1.0,
+        "history": [],
+    }
     if resume and last.exists():
         net, ckpt = load_checkpoint(last)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -209,15 +219,27 @@ def train(
         net.eval()
         with torch.no_grad():
             out = net(dev_batch["features"])
-            val = percepnet_loss(out.gains, out.strengths, dev_batch["gains"], dev_batch["strengths"], dev_batch["mask"])
+            val = percepnet_loss(
+                out.gains,
+                out.strengths,
+                dev_batch["gains"],
+                dev_batch["strengths"],
+                dev_batch["mask"],
+            )
         net.train()
         return float(val)
 
     def evaluate() -> None:
         dl = dev_loss()
         pesq = dev_quality(net, dev_clips[: max(1, cfg.dev_clips // 2)])
-        entry = {"step": state["step"], "wall_min": state["wall_s"] / 60, "train_loss": running,
-                 "dev_loss": dl, "dev_pesq": pesq, "audio_h": state["audio_s"] / 3600}
+        entry = {
+            "step": state["step"],
+            "wall_min": state["wall_s"] / 60,
+            "train_loss": running,
+            "dev_loss": dl,
+            "dev_pesq": pesq,
+            "audio_h": state["audio_s"] / 3600,
+        }
         state["history"].append(entry)
         log(json.dumps(entry))
         with (out_dir / "log.jsonl").open("a") as fh:
@@ -254,7 +276,9 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         out = net(batch["features"])
-        loss = percepnet_loss(out.gains, out.strengths, batch["gains"], batch["strengths"], batch["mask"])
+        loss = percepnet_loss(
+            out.gains, out.strengths, batch["gains"], batch["strengths"], batch["mask"]
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -267,16 +291,31 @@ def train(
         state["wall_s"] = now - start
         if bar is not None:
             bar.n = int(state["wall_s"])
-            bar.set_postfix(step=state["step"], loss=f"{running:.4f}", hours=f"{state['audio_s'] / 3600:.1f}")
-        done = state["wall_s"] >= total_s or (cfg.max_steps is not None and state["step"] >= cfg.max_steps)
+            bar.set_postfix(
+                step=state["step"], loss=f"{running:.4f}", hours=f"{state['audio_s'] / 3600:.1f}"
+            )
+        done = state["wall_s"] >= total_s or (
+            cfg.max_steps is not None and state["step"] >= cfg.max_steps
+        )
         if now - last_eval >= cfg.eval_every_s or done:
             evaluate()
             last_eval = time.monotonic()
         if now - last_ckpt >= cfg.checkpoint_every_s:
-            save_checkpoint(last, net, {"optimizer": opt.state_dict(), "train_state": state,
-                                        "train_config": _cfg_dict(cfg)})
+            save_checkpoint(
+                last,
+                net,
+                {
+                    "optimizer": opt.state_dict(),
+                    "train_state": state,
+                    "train_config": _cfg_dict(cfg),
+                },
+            )
             last_ckpt = now
-    save_checkpoint(last, net, {"optimizer": opt.state_dict(), "train_state": state, "train_config": _cfg_dict(cfg)})
+    save_checkpoint(
+        last,
+        net,
+        {"optimizer": opt.state_dict(), "train_state": state, "train_config": _cfg_dict(cfg)},
+    )
     if not best.exists():
         save_checkpoint(best, net, {"train_state": dict(state), "train_config": _cfg_dict(cfg)})
     if bar is not None:

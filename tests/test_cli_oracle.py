@@ -85,7 +85,11 @@ def test_silence_clipping_and_nan_give_finite_output(tmp_path: Path) -> None:
         "nan": np.where(rng.random(len(clean)) < 0.01, np.nan, add_noise(clean, 5.0, rng)),
     }
     for name, noisy in cases.items():
-        cp, np_, out = tmp_path / f"{name}_c.wav", tmp_path / f"{name}_n.wav", tmp_path / f"{name}_o.wav"
+        cp, np_, out = (
+            tmp_path / f"{name}_c.wav",
+            tmp_path / f"{name}_n.wav",
+            tmp_path / f"{name}_o.wav",
+        )
         sf.write(cp, clean, SAMPLE_RATE, subtype="FLOAT")
         sf.write(np_, noisy, SAMPLE_RATE, subtype="FLOAT")
         assert main(["oracle", "--clean", str(cp), "--noisy", str(np_), "-o", str(out)]) == 0

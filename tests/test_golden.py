@@ -16,9 +16,15 @@ def test_features_and_targets_match_golden() -> None:
     ex = compute_example(noisy, clean)
     assert ex.features.shape == ref["features"].shape
     assert ex.features.shape[1] == NB_FEATURES
-    np.testing.assert_allclose(ex.features[:, FEAT_LOG_ENERGY], ref["features"][:, FEAT_LOG_ENERGY], atol=1e-4)
-    np.testing.assert_allclose(ex.features[:, FEAT_COHERENCE], ref["features"][:, FEAT_COHERENCE], atol=1e-4)
-    np.testing.assert_allclose(ex.features[:, 2 * NB_BANDS :], ref["features"][:, 2 * NB_BANDS :], atol=1e-4)
+    np.testing.assert_allclose(
+        ex.features[:, FEAT_LOG_ENERGY], ref["features"][:, FEAT_LOG_ENERGY], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        ex.features[:, FEAT_COHERENCE], ref["features"][:, FEAT_COHERENCE], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        ex.features[:, 2 * NB_BANDS :], ref["features"][:, 2 * NB_BANDS :], atol=1e-4
+    )
     np.testing.assert_allclose(ex.gains, ref["gains"], atol=1e-4)
     np.testing.assert_allclose(ex.strengths, ref["strengths"], atol=1e-4)
 

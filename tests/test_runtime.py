@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES
 from percepnet.enhancer import ChunkedStream, enhance_signal
 from percepnet.export import compare, export_all
 from percepnet.model import ModelConfig, PercepNet
-from percepnet.runtime import DEFAULT_MODEL, ModelError, OnnxModel, OnnxSource, load_enhancer_factory
+from percepnet.runtime import (
+    DEFAULT_MODEL,
+    ModelError,
+    OnnxModel,
+    OnnxSource,
+    load_enhancer_factory,
+)
 from tests.signals import add_noise, speechlike
 
 TINY = ModelConfig(conv_channels=24, gru_size=24, gru_layers=2, strength_gru_size=12)
@@ -58,11 +65,13 @@ def test_streaming_equals_whole_file_with_model_in_loop(exported) -> None:
     chunks = ChunkedStream(factory())
     sizes = rng.integers(1, 2000, size=100)
     edges = np.concatenate([[0], np.cumsum(sizes)])
-    by_chunk = np.concatenate([chunks.process(padded[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    by_chunk = np.concatenate([chunks.process(padded[a:b]) for a, b in itertools.pairwise(edges)])
     n = min(len(by_frame), len(by_chunk))
     np.testing.assert_array_equal(by_frame[:n], by_chunk[:n])
     whole = enhance_signal(noisy, OnnxSource(OnnxModel(out / "tiny-int8.onnx")))
-    np.testing.assert_allclose(whole, by_frame[LATENCY_SAMPLES : LATENCY_SAMPLES + len(noisy)], atol=1e-5)
+    np.testing.assert_allclose(
+        whole, by_frame[LATENCY_SAMPLES : LATENCY_SAMPLES + len(noisy)], atol=1e-5
+    )
 
 
 def test_missing_and_corrupt_models_raise_model_error(tmp_path: Path) -> None:
@@ -73,7 +82,9 @@ def test_missing_and_corrupt_models_raise_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot load"):
         load_enhancer_factory(bad)
     truncated = tmp_path / "truncated.onnx"
-    truncated.write_bytes(DEFAULT_MODEL.read_bytes()[:5000] if DEFAULT_MODEL.exists() else b"\x00" * 5000)
+    truncated.write_bytes(
+        DEFAULT_MODEL.read_bytes()[:5000] if DEFAULT_MODEL.exists() else b"\x00" * 5000
+    )
     with pytest.raises(ModelError):
         OnnxModel(truncated)
 

@@ -1,4 +1,4 @@
-"""The training pipeline on tiny synthetic data: loss goes down, checkpoints resume, export checks."""
+"""The training pipeline on tiny synthetic data: loss goes down, checkpoints resume."""
 
 from __future__ import annotations
 
@@ -51,8 +51,18 @@ def test_loss_is_zero_for_perfect_prediction_and_masked() -> None:
 
 
 def test_short_training_run_lowers_dev_loss_and_resumes(tmp_path: Path) -> None:
-    cfg = TrainConfig(minutes=30, batch_size=4, fresh_per_batch=2, max_steps=40, workers=0,
-                      eval_every_s=1e9, dev_clips=2, model=TINY, lr=3e-3, segment_seconds=1.0)
+    cfg = TrainConfig(
+        minutes=30,
+        batch_size=4,
+        fresh_per_batch=2,
+        max_steps=40,
+        workers=0,
+        eval_every_s=1e9,
+        dev_clips=2,
+        model=TINY,
+        lr=3e-3,
+        segment_seconds=1.0,
+    )
     best = train(tmp_path, SyntheticFactory(), cfg, progress=False, log=lambda _: None)
     assert best.exists()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -1,6 +1,6 @@
 """Regenerate tests/golden/clip.npz (run only when the DSP changes on purpose).
 
-    python -m tests.golden.make_golden
+python -m tests.golden.make_golden
 """
 
 from __future__ import annotations

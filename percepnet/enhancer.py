@@ -160,7 +160,7 @@ class Enhancer:
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         k, rem = divmod(x.shape[0], FRAME_SIZE)
         if rem or k == 0:
-            raise ValueError(f"process_frames takes a multiple of {FRAME_SIZE} samples, got {x.shape[0]}")
+            raise ValueError(f"process_frames takes a multiple of {FRAME_SIZE} samples: {len(x)}")
         finite = np.isfinite(x)
         if not finite.all():
             self.diagnostics.nonfinite_samples += int((~finite).sum())

@@ -29,6 +29,7 @@ HANN_WEIGHTS = 0.5 * (1.0 + np.cos(np.pi * TAP_OFFSETS / (COMB_PERIODS + 1)))
 """Un-normalised Hann weights over the 2K + 1 taps."""
 
 _WINDOW_RANGE = np.arange(WINDOW_SIZE)
+_LOOP_MAX_FRAMES = 8
 CONTEXT_SAMPLES = HISTORY_SAMPLES + WINDOW_SIZE + LOOKAHEAD_SAMPLES
 """Samples one frame's comb filter reads: history, the window, the lookahead."""
 
@@ -64,6 +65,11 @@ def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> F
     start = np.minimum(
         HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE
     )
+    if len(context) <= _LOOP_MAX_FRAMES:  # streaming: a 2-D gather per frame is cheaper
+        out = np.empty((len(context), WINDOW_SIZE))
+        for i, row in enumerate(context):
+            out[i] = weights[i] @ row[start[i, :, None] + _WINDOW_RANGE]
+        return out
     rows = np.arange(len(context))[:, None, None]
     taps = context[rows, start[:, :, None] + _WINDOW_RANGE]  # [F, taps, W]
     return np.asarray((weights[:, None, :] @ taps)[:, 0, :])

@@ -16,8 +16,15 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.analysis import Analyzer, Frames, oracle_targets, pad_signal, step_buffers
-from percepnet.bands import BAND_CENTRES
+from percepnet.analysis import (
+    DECIDED,
+    Analyzer,
+    Frames,
+    oracle_targets,
+    pad_signal,
+    step_buffers,
+)
+from percepnet.bands import BAND_CENTRES, band_energy
 from percepnet.constants import (
     BIN_HZ,
     BUFFER_SAMPLES,
@@ -29,7 +36,7 @@ from percepnet.constants import (
     WINDOW_SIZE,
 )
 from percepnet.mixing import apply_gains
-from percepnet.stft import overlap_add, synthesis
+from percepnet.stft import analysis, overlap_add, synthesis
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -84,10 +91,6 @@ class OracleSource:
         buffers = step_buffers(self._padded, int(steps[0]), len(steps))
         g, r = oracle_targets(frames, buffers)
         if not self.use_pitch_filter:
-            from percepnet.analysis import DECIDED
-            from percepnet.bands import band_energy
-            from percepnet.stft import analysis
-
             E_x = band_energy(analysis(buffers[:, DECIDED]))
             return np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0), None
         return g, r

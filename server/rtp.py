@@ -61,7 +61,14 @@ from server.session import (
     UnknownSession,
     parse_control,
 )
-from server.track import INT16_SCALE, StreamProcessor, StreamStats, level_db, to_mono
+from server.track import (
+    INT16_SCALE,
+    StreamProcessor,
+    StreamStats,
+    level_db,
+    run_processor,
+    to_mono,
+)
 
 log = logging.getLogger(__name__)
 
@@ -466,11 +473,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # pass through (much cheaper) until we have caught up.
         late = self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE > self.deadline_s
         self.stats.cpu_seconds += time.thread_time() - cpu
-        if self.executor is None:
-            y = self.processor.process(x, late)
-        else:
-            loop = asyncio.get_running_loop()
-            y = await loop.run_in_executor(self.executor, self.processor.process, x, late)
+        y = await run_processor(self.processor, self.executor, x, late)
         cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)

@@ -186,6 +186,16 @@ class StreamProcessor:
             self.stats.frames_failed += n
 
 
+async def run_processor(
+    processor: StreamProcessor, executor: Executor | None, x: FloatArray, late: bool
+) -> FloatArray:
+    """One packet through the processor, inline or on the enhancer thread."""
+    if executor is None:
+        return processor.process(x, late)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, processor.process, x, late)
+
+
 def queued_frames(track: MediaStreamTrack) -> int:
     """Frames waiting in an aiortc remote track's queue (0 if it has none).
 
@@ -245,11 +255,7 @@ class EnhancedTrack(MediaStreamTrack):
         late = backlog_s > self.deadline_s
         x = to_mono(frame)
         self.stats.cpu_seconds += time.thread_time() - cpu
-        if self.executor is None:
-            y = self.processor.process(x, late)
-        else:
-            loop = asyncio.get_running_loop()
-            y = await loop.run_in_executor(self.executor, self.processor.process, x, late)
+        y = await run_processor(self.processor, self.executor, x, late)
         cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)

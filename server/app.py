@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from percepnet.enhancer import Enhancer
 from server import aiortc_speedups, rtp
 from server.config import Config
+from server.httputil import read_text
 from server.metrics import Metrics
 from server.session import (
     BadOffer,
@@ -147,14 +148,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _body_text(request: web.Request) -> str:
     """The request body; 413 when it exceeds the limit even without Content-Length."""
-    limit = request.app[CONFIG_KEY].max_body_bytes
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadOffer("body is not UTF-8") from exc
+    return await read_text(request, request.app[CONFIG_KEY].max_body_bytes, BadOffer)
 
 
 def _require_type(request: web.Request, expected: str) -> None:

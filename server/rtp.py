@@ -49,6 +49,7 @@ from prometheus_client import Counter
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from server.config import Config
+from server.httputil import read_text
 from server.metrics import Metrics
 from server.session import (
     BadOffer,
@@ -688,13 +689,7 @@ RTP_KEY = web.AppKey("rtp", RtpService)
 
 
 async def _read_body(request: web.Request, limit: int) -> str:
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RtpSetupError("body is not UTF-8") from exc
+    return await read_text(request, limit, RtpSetupError)
 
 
 async def create_session(request: web.Request) -> web.Response:

@@ -42,9 +42,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PERCEPNET_HOST=0.0.0.0 \
     PERCEPNET_PORT=8080 \
-    PERCEPNET_RTP_PORTS=40000-40999
+    PERCEPNET_RTP_PORTS=40000-40999 \
+    PERCEPNET_JIT_CACHE=/var/cache/percepnet
 WORKDIR /app
+RUN mkdir -p /var/cache/percepnet && chown 10001:10001 /var/cache/percepnet
 USER 10001:10001
+# Compile the DSP kernels into the image's cache, so a container starts in seconds
+# (a host with another CPU model recompiles them once, at startup).
+RUN python3 -c "from percepnet.enhancer import warm_up; print(f'kernels compiled in {warm_up():.1f} s')"
 # 8080/tcp: HTTP (signalling, controls, metrics, health); 40000-40999/udp: sidecar RTP.
 # WebRTC media uses ephemeral UDP ports (aiortc has no port range): host networking or
 # a TURN relay (deploy/kubernetes/README.md).

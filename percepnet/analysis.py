@@ -21,8 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from percepnet import pitch
-from percepnet.bands import band_cross, band_energy, coherence
-from percepnet.comb import comb_filter, comb_noise_gain, comb_weights
+from percepnet.bands import _band_cross, _band_energy, band_cross, band_energy, coherence
+from percepnet.comb import (
+    CONTEXT_SAMPLES,
+    _comb_filter,
+    _comb_starts,
+    comb_filter,
+    comb_noise_gain,
+    comb_weights,
+)
 from percepnet.constants import (
     BUFFER_SAMPLES,
     EPS,
@@ -37,7 +44,8 @@ from percepnet.constants import (
     PITCH_MIN,
     WINDOW_SIZE,
 )
-from percepnet.stft import analysis
+from percepnet.jit import jit
+from percepnet.stft import WINDOW, analysis, spectra
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
@@ -78,10 +86,51 @@ class Frames:
         return len(self.step)
 
 
-class Analyzer:
-    """Stateful analysis: the pitch tracker's Viterbi state and the pending frames.
+@jit()
+def _frames_to_analyse(buffers: FloatArray, period: IntArray, weights: FloatArray) -> FloatArray:
+    """[2F, WINDOW_SIZE] windowed: the newest window of each step, then frame l comb-filtered."""
+    n = buffers.shape[0]
+    out = np.empty((2 * n, WINDOW_SIZE))
+    comb = _comb_filter(buffers[:, :CONTEXT_SAMPLES], _comb_starts(period), weights)
+    for i in range(n):
+        for t in range(WINDOW_SIZE):
+            out[i, t] = buffers[i, BUFFER_SAMPLES - WINDOW_SIZE + t] * WINDOW[t]
+            out[n + i, t] = comb[i, t] * WINDOW[t]
+    return out
 
-    The newest frame's spectrum and coarse pitch scores wait LOOKAHEAD_FRAMES steps
+
+@jit()
+def _band_features(
+    Y_new: ComplexArray,
+    Y: ComplexArray,
+    P: ComplexArray,
+    period: IntArray,
+    corr: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Features, E_y and q_y of F steps from the newest spectra Y_new, frame l's noisy Y
+    and comb-filtered P."""
+    n = Y.shape[0]
+    E_new = _band_energy(Y_new)
+    E_y = _band_energy(Y)
+    E_p = _band_energy(P)
+    cross = _band_cross(Y, P)
+    q_y = np.empty((n, NB_BANDS))
+    feats = np.empty((n, NB_FEATURES))
+    for i in range(n):
+        for b in range(NB_BANDS):
+            q = cross[i, b] / np.sqrt(E_y[i, b] * E_p[i, b] + EPS)
+            q_y[i, b] = min(max(q, 0.0), 1.0)
+            feats[i, b] = np.log10(E_new[i, b] + LOG_ENERGY_FLOOR)
+            feats[i, NB_BANDS + b] = q_y[i, b]
+        feats[i, FEAT_PERIOD] = np.log2(period[i] / PITCH_MIN) / _LOG_PITCH_SPAN
+        feats[i, FEAT_PITCH_CORR] = corr[i]
+    return feats, E_y, q_y
+
+
+class Analyzer:
+    """Stateful analysis: the pitch tracker and the pending frames.
+
+    The newest frame's spectrum waits LOOKAHEAD_FRAMES steps
     until that frame is decided. Frames l < 0 (before the stream started) are
     silent; their pending entries are zeros.
     """
@@ -90,41 +139,22 @@ class Analyzer:
         self.reset()
 
     def reset(self) -> None:
-        self._viterbi = pitch.ViterbiState()
-        self._pending_scores = np.zeros((LOOKAHEAD_FRAMES, len(pitch.LAG_TO_STATE)))
+        self._pitch = pitch.PitchTracker()
         self._pending_Y = np.zeros((LOOKAHEAD_FRAMES, NB_BINS), dtype=np.complex128)
-        self._pending_E = np.zeros((LOOKAHEAD_FRAMES, NB_BANDS))
         self._step = 0
 
     def process(self, buffers: FloatArray) -> Frames:
         """Analyse F consecutive steps given their [F, BUFFER_SAMPLES] input buffers."""
+        buffers = np.ascontiguousarray(buffers, dtype=np.float64)
         n = buffers.shape[0]
-        Y_new = analysis(buffers[:, NEWEST])
-        E_new = band_energy(Y_new)
-
-        scores = pitch.coarse_scores(pitch.decimate(buffers[:, BUFFER_SAMPLES - pitch.SEGMENT :]))
-        obs = pitch.pool_states(scores)
-        all_scores = np.concatenate([self._pending_scores, scores])  # row i: frame l of step i
-        coarse = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            coarse[i] = pitch.state_lag(all_scores[i], self._viterbi.step(obs[i]))
-        self._pending_scores = all_scores[n:]
-        all_Y = np.concatenate([self._pending_Y, Y_new])
-        all_E = np.concatenate([self._pending_E, E_new])
-        Y, E_y = all_Y[:n], all_E[:n]
-        self._pending_Y, self._pending_E = all_Y[n:], all_E[n:]
-
-        period, corr = pitch.refine(buffers[:, WIN_END - pitch.REFINE_HISTORY : WIN_END], coarse)
+        period, corr = self._pitch.process(buffers)
         c = comb_weights(period)
-        P = analysis(comb_filter(buffers, period, c))
-        E_p = band_energy(P)
-        q_y = coherence(band_cross(Y, P), E_y, E_p)
-
-        feats = np.empty((n, NB_FEATURES))
-        feats[:, FEAT_LOG_ENERGY] = np.log10(E_new + LOG_ENERGY_FLOOR)
-        feats[:, FEAT_COHERENCE] = q_y
-        feats[:, FEAT_PERIOD] = np.log2(period / PITCH_MIN) / _LOG_PITCH_SPAN
-        feats[:, FEAT_PITCH_CORR] = corr
+        both = spectra(_frames_to_analyse(buffers, period, c))
+        Y_new, P = both[:n], both[n:]
+        all_Y = np.concatenate([self._pending_Y, Y_new])  # row i: frame l of step i
+        Y = all_Y[:n]
+        feats, E_y, q_y = _band_features(Y_new, Y, P, period, corr)
+        self._pending_Y = all_Y[n:]
         steps = np.arange(self._step, self._step + n)
         self._step += n
         return Frames(steps, feats, Y, P, E_y, q_y, period, corr, c)

@@ -10,10 +10,13 @@ belong to the last band alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 from percepnet.constants import BIN_HZ, EPS, MAX_BAND_HZ, MIN_BAND_BINS, NB_BANDS, NB_BINS
+from percepnet.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
@@ -62,19 +65,97 @@ BAND_WEIGHTS.flags.writeable = False
 BAND_WEIGHTS_T: FloatArray = np.ascontiguousarray(BAND_WEIGHTS.T)
 
 
+def _bin_bands(weights: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray, FloatArray]:
+    """Per bin: its lower band b and the weights of b and b + 1 (each bin lies in at most
+    two neighbouring bands); the sparse form of BAND_WEIGHTS the kernels below use."""
+    nb, nbins = weights.shape
+    lower = np.array([int(np.flatnonzero(weights[:, k])[0]) for k in range(nbins)])
+    upper = np.minimum(lower + 1, nb - 1)
+    w_lower = weights[lower, np.arange(nbins)]
+    w_upper = np.where(upper > lower, weights[upper, np.arange(nbins)], 0.0)
+    covered = np.zeros_like(weights)
+    covered[lower, np.arange(nbins)] += w_lower
+    covered[upper, np.arange(nbins)] += w_upper
+    if not np.array_equal(covered, weights):
+        raise AssertionError("a bin belongs to more than two neighbouring bands")
+    return lower.astype(np.int64), w_lower, w_upper
+
+
+_LOWER, _W_LOWER, _W_UPPER = _bin_bands(BAND_WEIGHTS)
+
+
+@jit()
+def _band_row(values: FloatArray, out: FloatArray) -> None:
+    """out[b] = sum_k w_b(k) values[k] for one row."""
+    out[:] = 0.0
+    for k in range(NB_BINS):
+        b = _LOWER[k]
+        out[b] += _W_LOWER[k] * values[k]
+        if _W_UPPER[k] != 0.0:
+            out[b + 1] += _W_UPPER[k] * values[k]
+
+
+@jit()
+def _interp_row(bands: FloatArray, out: FloatArray) -> None:
+    """out[k] = sum_b w_b(k) bands[b] for one row."""
+    for k in range(NB_BINS):
+        b = _LOWER[k]
+        v = _W_LOWER[k] * bands[b]
+        if _W_UPPER[k] != 0.0:
+            v += _W_UPPER[k] * bands[b + 1]
+        out[k] = v
+
+
+@jit()
+def _band_energy(spec: ComplexArray) -> FloatArray:
+    out = np.empty((spec.shape[0], NB_BANDS))
+    power = np.empty(NB_BINS)
+    for i in range(spec.shape[0]):
+        for k in range(NB_BINS):
+            power[k] = spec[i, k].real ** 2 + spec[i, k].imag ** 2
+        _band_row(power, out[i])
+    return out
+
+
+@jit()
+def _band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
+    out = np.empty((a.shape[0], NB_BANDS))
+    prod = np.empty(NB_BINS)
+    for i in range(a.shape[0]):
+        for k in range(NB_BINS):
+            prod[k] = a[i, k].real * b[i, k].real + a[i, k].imag * b[i, k].imag
+        _band_row(prod, out[i])
+    return out
+
+
+@jit()
+def _interp(bands: FloatArray) -> FloatArray:
+    out = np.empty((bands.shape[0], NB_BINS))
+    for i in range(bands.shape[0]):
+        _interp_row(bands[i], out[i])
+    return out
+
+
+def _rows(x: npt.ArrayLike, dtype: type, width: int) -> npt.NDArray[Any]:
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1, width)
+
+
 def band_energy(spectrum: ComplexArray) -> FloatArray:
     """E_b = sum_k w_b(k) |X(k)|^2 for [..., NB_BINS] spectra -> [..., NB_BANDS]."""
-    return np.asarray(np.square(np.abs(spectrum)) @ BAND_WEIGHTS_T)
+    out = _band_energy(_rows(spectrum, np.complex128, NB_BINS))
+    return np.asarray(out.reshape(*np.shape(spectrum)[:-1], NB_BANDS))
 
 
 def band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
     """Re(sum_k w_b(k) A(k) B*(k)) per band."""
-    return np.asarray((a.real * b.real + a.imag * b.imag) @ BAND_WEIGHTS_T)
+    out = _band_cross(_rows(a, np.complex128, NB_BINS), _rows(b, np.complex128, NB_BINS))
+    return np.asarray(out.reshape(*np.shape(a)[:-1], NB_BANDS))
 
 
 def interp_band_gain(g: FloatArray) -> FloatArray:
     """Band values [..., NB_BANDS] -> per-bin values [..., NB_BINS] through the same triangles."""
-    return np.asarray(g @ BAND_WEIGHTS)
+    out = _interp(_rows(g, np.float64, NB_BANDS))
+    return np.asarray(out.reshape(*np.shape(g)[:-1], NB_BINS))
 
 
 def coherence(cross: FloatArray, e_a: FloatArray, e_b: FloatArray) -> FloatArray:

@@ -19,6 +19,7 @@ from percepnet.constants import (
     PITCH_MAX,
     WINDOW_SIZE,
 )
+from percepnet.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -28,10 +29,9 @@ TAP_OFFSETS = np.arange(-COMB_PERIODS, COMB_PERIODS + 1)
 HANN_WEIGHTS = 0.5 * (1.0 + np.cos(np.pi * TAP_OFFSETS / (COMB_PERIODS + 1)))
 """Un-normalised Hann weights over the 2K + 1 taps."""
 
-_WINDOW_RANGE = np.arange(WINDOW_SIZE)
-_LOOP_MAX_FRAMES = 8
 CONTEXT_SAMPLES = HISTORY_SAMPLES + WINDOW_SIZE + LOOKAHEAD_SAMPLES
 """Samples one frame's comb filter reads: history, the window, the lookahead."""
+_LAST_START = CONTEXT_SAMPLES - WINDOW_SIZE
 
 
 def _weight_table() -> FloatArray:
@@ -55,21 +55,42 @@ def comb_noise_gain(weights: FloatArray) -> FloatArray:
     return np.asarray((weights**2).sum(axis=-1))
 
 
+@jit()
+def _comb_starts(period: IntArray) -> IntArray:
+    """Where each tap's WINDOW_SIZE samples start in the context, [F, 2K + 1]. Dropped taps
+    (weight 0) may point past the context: they are clamped to a valid place."""
+    start = np.empty((period.shape[0], len(TAP_OFFSETS)), dtype=np.int64)
+    for i in range(period.shape[0]):
+        for t in range(len(TAP_OFFSETS)):
+            start[i, t] = min(HISTORY_SAMPLES - TAP_OFFSETS[t] * period[i], _LAST_START)
+    return start
+
+
+@jit()
+def _comb_filter(context: FloatArray, start: IntArray, weights: FloatArray) -> FloatArray:
+    out = np.zeros((context.shape[0], WINDOW_SIZE))
+    for i in range(context.shape[0]):
+        for t in range(weights.shape[1]):
+            w = weights[i, t]
+            if w == 0.0:
+                continue
+            s = start[i, t]
+            for n in range(WINDOW_SIZE):
+                out[i, n] += w * context[i, s + n]
+    return out
+
+
 def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> FloatArray:
     """Comb-filter each frame's window.
 
     context: [F, CONTEXT_SAMPLES], the window at [HISTORY_SAMPLES, HISTORY_SAMPLES +
     WINDOW_SIZE); period: [F]; weights: [F, 2K + 1]. Returns [F, WINDOW_SIZE].
     """
-    # Dropped taps (weight 0) may point past the context: clamp them to a valid place.
-    start = np.minimum(
-        HISTORY_SAMPLES - TAP_OFFSETS * period[:, None], CONTEXT_SAMPLES - WINDOW_SIZE
+    starts = _comb_starts(np.asarray(period, dtype=np.int64))
+    return np.asarray(
+        _comb_filter(
+            np.ascontiguousarray(context, dtype=np.float64),
+            starts,
+            np.ascontiguousarray(weights, dtype=np.float64),
+        )
     )
-    if len(context) <= _LOOP_MAX_FRAMES:  # streaming: a 2-D gather per frame is cheaper
-        out = np.empty((len(context), WINDOW_SIZE))
-        for i, row in enumerate(context):
-            out[i] = weights[i] @ row[start[i, :, None] + _WINDOW_RANGE]
-        return out
-    rows = np.arange(len(context))[:, None, None]
-    taps = context[rows, start[:, :, None] + _WINDOW_RANGE]  # [F, taps, W]
-    return np.asarray((weights[:, None, :] @ taps)[:, 0, :])

@@ -10,6 +10,8 @@ signal and compensates that delay so output lines up with input.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,7 +38,7 @@ from percepnet.constants import (
     WINDOW_SIZE,
 )
 from percepnet.mixing import apply_gains
-from percepnet.stft import analysis, overlap_add, synthesis
+from percepnet.stft import analysis, overlap_add, synthesis, synthesise_stream
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -109,7 +111,7 @@ class Diagnostics:
 
 def voice_activity(g: FloatArray) -> float:
     """A speech-presence estimate in [0, 1]: the mean gain over the speech bands."""
-    return min(max(float(g.reshape(-1, NB_BANDS)[-1] @ _VAD_WEIGHTS), 0.0), 1.0)
+    return min(max(float(np.dot(g.reshape(-1, NB_BANDS)[-1], _VAD_WEIGHTS)), 0.0), 1.0)
 
 
 class Enhancer:
@@ -164,38 +166,30 @@ class Enhancer:
         k, rem = divmod(x.shape[0], FRAME_SIZE)
         if rem or k == 0:
             raise ValueError(f"process_frames takes a multiple of {FRAME_SIZE} samples: {len(x)}")
-        finite = np.isfinite(x)
-        if not finite.all():
-            self.diagnostics.nonfinite_samples += int((~finite).sum())
-            x = np.where(finite, x, 0.0)
-        if k == 1:
-            buf = self._buffer
-            buf[:-FRAME_SIZE] = buf[FRAME_SIZE:]
-            buf[-FRAME_SIZE:] = x
-            buffers = buf[None, :]
-        else:
-            line = np.concatenate([self._buffer, x])
-            buffers = step_buffers(line, 1, k)
-            self._buffer = line[-BUFFER_SAMPLES:].copy()
+        if not np.isfinite(x.sum()):  # one pass; NaN or inf anywhere makes the sum non-finite
+            finite = np.isfinite(x)
+            if not finite.all():
+                self.diagnostics.nonfinite_samples += int((~finite).sum())
+                x = np.where(finite, x, 0.0)
+        line = np.concatenate([self._buffer, x])
+        buffers = np.empty((k, BUFFER_SAMPLES))
+        for i in range(k):
+            buffers[i] = line[(i + 1) * FRAME_SIZE : (i + 1) * FRAME_SIZE + BUFFER_SAMPLES]
+        self._buffer = line[k * FRAME_SIZE :]
         frames = self._analyzer.process(buffers)
         # The source runs even when disabled so its recurrent state follows the stream.
         g, r = self.source(frames)
         g = limit_attenuation(g, self.attenuation_limit_db)
         d = self.diagnostics
-        d.voice_activity = voice_activity(g)
-        d.mean_gain = float(g[-1].sum()) / NB_BANDS
+        d.voice_activity = voice_activity(g[-1])
+        d.mean_gain = float(g[-1].mean())
         d.pitch_hz = float(SAMPLE_RATE / frames.period[-1])
         d.pitch_correlation = float(frames.pitch_corr[-1])
         postfilter = self.use_postfilter and self.enabled
         if not self.enabled:
             g, r = self._unity(frames)
-        y = synthesis(apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=postfilter))
-        out = np.empty(k * FRAME_SIZE, dtype=np.float32)
-        overlap = self._overlap
-        for i in range(k):
-            out[i * FRAME_SIZE : (i + 1) * FRAME_SIZE] = overlap + y[i, :FRAME_SIZE]
-            overlap = y[i, FRAME_SIZE:]
-        self._overlap = overlap.copy()
+        spectra = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=postfilter)
+        out = synthesise_stream(spectra, self._overlap)
         return out
 
 
@@ -204,6 +198,22 @@ def limit_attenuation(g: FloatArray, limit_db: float | None) -> FloatArray:
     if limit_db is None:
         return g
     return np.maximum(g, 10.0 ** (-abs(limit_db) / 20.0))
+
+
+def warm_up(factory: Callable[[], Enhancer] | None = None) -> float:
+    """Compile (or load from the cache) every kernel of the streaming path; seconds taken.
+
+    A service calls this before it takes streams: the first compile takes seconds,
+    which must not land on a live stream's first frames.
+    """
+    start = time.perf_counter()
+    enhancer = factory() if factory is not None else Enhancer()
+    noise = np.random.default_rng(0).standard_normal(3 * FRAME_SIZE) * 0.01
+    enhancer.process(noise[:FRAME_SIZE])
+    enhancer.process_frames(noise[FRAME_SIZE:])
+    enhancer.enabled = False
+    enhancer.process_frames(noise[FRAME_SIZE:])
+    return time.perf_counter() - start
 
 
 class ChunkedStream:

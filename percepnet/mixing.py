@@ -11,22 +11,83 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.bands import band_energy, interp_band_gain
-from percepnet.constants import EPS, POSTFILTER_BETA
+from percepnet.bands import _band_row, _interp_row
+from percepnet.constants import EPS, NB_BANDS, NB_BINS, POSTFILTER_BETA
+from percepnet.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 
 
+@jit()
+def _postfilter_row(g: FloatArray, E_y: FloatArray, out: FloatArray) -> None:
+    e0 = 0.0
+    e1 = 0.0
+    for b in range(NB_BANDS):
+        out[b] = g[b] * np.sin(0.5 * np.pi * g[b])
+        e0 += g[b] * g[b] * E_y[b]
+        e1 += out[b] * out[b] * E_y[b]
+    ratio = (e0 + EPS) / (e1 + EPS)
+    G = np.sqrt((1.0 + POSTFILTER_BETA) * ratio / (1.0 + POSTFILTER_BETA * ratio * ratio))
+    for b in range(NB_BANDS):
+        out[b] *= G
+
+
+@jit()
+def _postfilter(g: FloatArray, E_y: FloatArray) -> FloatArray:
+    out = np.empty_like(g)
+    for i in range(g.shape[0]):
+        _postfilter_row(g[i], E_y[i], out[i])
+    return out
+
+
 def postfilter(g: FloatArray, E_y: FloatArray) -> FloatArray:
     """Target band gains G g_w for [F, NB_BANDS] gains and noisy band energies."""
-    g_w = g * np.sin(0.5 * np.pi * g)
-    e0 = (g * g * E_y).sum(axis=-1, keepdims=True)
-    e1 = (g_w * g_w * E_y).sum(axis=-1, keepdims=True)
-    ratio = (e0 + EPS) / (e1 + EPS)
-    beta = POSTFILTER_BETA
-    G = np.sqrt((1.0 + beta) * ratio / (1.0 + beta * ratio * ratio))
-    return np.asarray(G * g_w)
+    return np.asarray(
+        _postfilter(
+            np.ascontiguousarray(g, dtype=np.float64), np.ascontiguousarray(E_y, dtype=np.float64)
+        )
+    )
+
+
+@jit()
+def _apply_gains(
+    Y: ComplexArray,
+    P: ComplexArray,
+    E_y: FloatArray,
+    g: FloatArray,
+    r: FloatArray,
+    use_pitch_filter: bool,
+    use_postfilter: bool,
+) -> ComplexArray:
+    n = Y.shape[0]
+    Z = np.empty_like(Y)
+    target = np.empty(NB_BANDS)
+    r_k = np.empty(NB_BINS)
+    scale = np.empty(NB_BANDS)
+    scale_k = np.empty(NB_BINS)
+    power = np.empty(NB_BINS)
+    E_z = np.empty(NB_BANDS)
+    for i in range(n):
+        if use_postfilter:
+            _postfilter_row(g[i], E_y[i], target)
+        else:
+            target[:] = g[i]
+        if use_pitch_filter:
+            _interp_row(r[i], r_k)
+            for k in range(NB_BINS):
+                Z[i, k] = Y[i, k] + r_k[k] * (P[i, k] - Y[i, k])
+                power[k] = Z[i, k].real ** 2 + Z[i, k].imag ** 2
+            _band_row(power, E_z)
+            for b in range(NB_BANDS):
+                scale[b] = target[b] * np.sqrt((E_y[i, b] + EPS) / (E_z[b] + EPS))
+        else:
+            Z[i] = Y[i]
+            scale[:] = target
+        _interp_row(scale, scale_k)
+        for k in range(NB_BINS):
+            Z[i, k] *= scale_k[k]
+    return Z
 
 
 def apply_gains(
@@ -38,14 +99,20 @@ def apply_gains(
     *,
     use_postfilter: bool = True,
 ) -> ComplexArray:
-    """Enhanced spectra [F, NB_BINS] from noisy Y, comb-filtered P and band g, r."""
-    if r is None:
-        Z = Y
-        E_z = E_y
-    else:
-        r_k = interp_band_gain(r)
-        Z = Y + r_k * (P - Y)
-        E_z = band_energy(Z)
-    target = postfilter(g, E_y) if use_postfilter else g
-    scale = target * np.sqrt((E_y + EPS) / (E_z + EPS))
-    return np.asarray(Z * interp_band_gain(scale))
+    """Enhanced spectra [F, NB_BINS] from noisy Y, comb-filtered P and band g, r.
+
+    Without r (None) there is no pitch filtering: Z = Y.
+    """
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    strengths = g if r is None else np.ascontiguousarray(r, dtype=np.float64)
+    return np.asarray(
+        _apply_gains(
+            np.ascontiguousarray(Y, dtype=np.complex128),
+            np.ascontiguousarray(P, dtype=np.complex128),
+            np.ascontiguousarray(E_y, dtype=np.float64),
+            g,
+            strengths,
+            r is not None,
+            use_postfilter,
+        )
+    )

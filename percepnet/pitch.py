@@ -18,7 +18,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.constants import LOOKAHEAD_FRAMES, PITCH_MAX, PITCH_MIN, WINDOW_SIZE
+from percepnet.constants import (
+    LOOKAHEAD_FRAMES,
+    LOOKAHEAD_SAMPLES,
+    PITCH_MAX,
+    PITCH_MIN,
+    WINDOW_SIZE,
+)
+from percepnet.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -63,16 +70,58 @@ TRANSITION: FloatArray = JUMP_COST * np.abs(_LOG_STATES[:, None] - _LOG_STATES[N
 _NL = len(_LAGS_D)
 _HALF_IDX = np.where(_LAGS_D // 2 >= LAG_D_MIN, np.round(_LAGS_D / 2).astype(int) - LAG_D_MIN, _NL)
 _THIRD_IDX = np.where(_LAGS_D // 3 >= LAG_D_MIN, np.round(_LAGS_D / 3).astype(int) - LAG_D_MIN, _NL)
-# States pool contiguous runs of coarse lags: run boundaries for np.maximum.reduceat.
+# States pool contiguous runs of coarse lags: the runs' boundaries.
 _STATE_STARTS = np.flatnonzero(np.diff(LAG_TO_STATE, prepend=-1))
 assert len(_STATE_STARTS) == NB_STATES
 _STATE_ENDS = np.append(_STATE_STARTS[1:], _NL)
-_QUARTER = np.full(DECIMATION, 1.0 / DECIMATION)
+_DOT_MATH = {"reassoc", "contract"}
+"""Let the compiler reorder the sums of the correlation loops (vectorised dot products)."""
+REFINE_HISTORY = PITCH_MAX + WINDOW_SIZE
+"""Full-rate samples ending with a frame's window that the refinement reads."""
+_REFINE_LO_MAX = PITCH_MAX - 2 * REFINE_RADIUS
+
+
+@jit()
+def _decimate(x: FloatArray) -> FloatArray:
+    out = np.empty((x.shape[0], x.shape[1] // DECIMATION))
+    for i in range(x.shape[0]):
+        for d in range(out.shape[1]):
+            acc = 0.0
+            for m in range(DECIMATION):
+                acc += x[i, d * DECIMATION + m]
+            out[i, d] = acc / DECIMATION
+    return out
 
 
 def decimate(x: FloatArray) -> FloatArray:
     """Average blocks of DECIMATION samples ([..., n] with n a multiple of DECIMATION)."""
-    return np.asarray(x.reshape(*x.shape[:-1], -1, DECIMATION) @ _QUARTER)
+    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    return np.asarray(_decimate(flat).reshape(*x.shape[:-1], -1))
+
+
+@jit(fastmath=_DOT_MATH)
+def _coarse_scores(segments_d: FloatArray) -> FloatArray:
+    n_frames = segments_d.shape[0]
+    out = np.empty((n_frames, _NL))
+    r = np.zeros(_NL + 1)  # the last entry is the sentinel zero
+    csum = np.zeros(SEGMENT_D + 1)
+    win0 = SEGMENT_D - WIN_D
+    for i in range(n_frames):
+        seg = segments_d[i]
+        for k in range(SEGMENT_D):
+            csum[k + 1] = csum[k] + seg[k] * seg[k]
+        e_win = csum[SEGMENT_D] - csum[win0]
+        for m in range(_NL):
+            start = win0 - (LAG_D_MIN + m)
+            xy = 0.0
+            for t in range(WIN_D):
+                xy += seg[start + t] * seg[win0 + t]
+            energy = csum[start + WIN_D] - csum[start]
+            r[m] = xy / np.sqrt(energy * e_win + 1e-12)
+        for m in range(_NL):
+            sub = max(r[_HALF_IDX[m]], r[_THIRD_IDX[m]], 0.0)
+            out[i, m] = r[m] - SUBHARMONIC_PENALTY * sub
+    return out
 
 
 def coarse_scores(segments_d: FloatArray) -> FloatArray:
@@ -82,57 +131,97 @@ def coarse_scores(segments_d: FloatArray) -> FloatArray:
     samples earlier (normalised correlation), minus SUBHARMONIC_PENALTY times the
     correlation at tau/2 or tau/3 when that is positive.
     """
-    out = np.empty((len(segments_d), _NL))
-    r = np.zeros(_NL + 1)  # last entry: the sentinel
-    csum = np.zeros(SEGMENT_D + 1)
-    for i, seg in enumerate(segments_d):
-        # 'valid' output k compares the window with seg[k : k + WIN_D]:
-        # lag SEGMENT_D - WIN_D - k
-        xy = np.correlate(seg, seg[-WIN_D:], "valid")
-        np.cumsum(seg * seg, out=csum[1:])
-        energy = csum[WIN_D:] - csum[:-WIN_D]  # of the window starting at k
-        rev = xy / np.sqrt(energy * energy[-1] + 1e-12)
-        r[:_NL] = rev[SEGMENT_D - WIN_D - LAG_D_MIN :: -1]
-        sub = np.maximum(np.maximum(r[_HALF_IDX], r[_THIRD_IDX]), 0.0)
-        out[i] = r[:_NL] - SUBHARMONIC_PENALTY * sub
+    return np.asarray(_coarse_scores(np.ascontiguousarray(segments_d, dtype=np.float64)))
+
+
+@jit()
+def _pool_states(scores: FloatArray) -> FloatArray:
+    out = np.empty((scores.shape[0], NB_STATES))
+    for i in range(scores.shape[0]):
+        for s in range(NB_STATES):
+            best = scores[i, _STATE_STARTS[s]]
+            for m in range(_STATE_STARTS[s] + 1, _STATE_ENDS[s]):
+                best = max(best, scores[i, m])
+            out[i, s] = best
     return out
 
 
 def pool_states(scores: FloatArray) -> FloatArray:
     """[F, lags] scores -> [F, NB_STATES] best score within each state's lags."""
-    return np.asarray(np.maximum.reduceat(scores, _STATE_STARTS, axis=-1))
+    return np.asarray(_pool_states(np.ascontiguousarray(scores, dtype=np.float64)))
 
 
-def state_lag(scores: FloatArray, state: int) -> int:
-    """The coarse lag with the best score inside `state` (scores of one frame)."""
-    lo, hi = int(_STATE_STARTS[state]), int(_STATE_ENDS[state])
-    return int(lo + scores[lo:hi].argmax()) + LAG_D_MIN
+@jit()
+def _viterbi(cost: FloatArray, back: IntArray, obs: FloatArray, scores: FloatArray) -> IntArray:
+    """Viterbi steps over the frames of obs, updating cost and back (a ring of
+    back-pointers, oldest row first) in place. Returns the coarse lag decided at each
+    step: the best lag in scores[i] (the decided frame's) within the decided state."""
+    depth = back.shape[0]
+    lags = np.empty(obs.shape[0], dtype=np.int64)
+    new_cost = np.empty(NB_STATES)
+    for i in range(obs.shape[0]):
+        for s in range(depth - 1):
+            back[s] = back[s + 1]
+        for to in range(NB_STATES):
+            best = cost[0] + TRANSITION[to, 0]
+            arg = 0
+            for fr in range(1, NB_STATES):
+                c = cost[fr] + TRANSITION[to, fr]
+                if c < best:
+                    best = c
+                    arg = fr
+            new_cost[to] = best - obs[i, to]
+            back[depth - 1, to] = arg
+        low = new_cost.min()
+        state = 0
+        for to in range(NB_STATES):
+            cost[to] = new_cost[to] - low
+            if cost[to] < cost[state]:
+                state = to
+        for s in range(depth - 1, -1, -1):
+            state = back[s, state]
+        arg = _STATE_STARTS[state]
+        for m in range(_STATE_STARTS[state] + 1, _STATE_ENDS[state]):
+            if scores[i, m] > scores[i, arg]:
+                arg = m
+        lags[i] = arg + LAG_D_MIN
+    return lags
 
 
-class ViterbiState:
-    """Running Viterbi costs and the back-pointers of the last LOOKAHEAD_FRAMES frames."""
-
-    def __init__(self) -> None:
-        self.cost = np.zeros(NB_STATES)
-        self.back: list[IntArray] = [_IDENTITY] * LOOKAHEAD_FRAMES  # oldest first
-
-    def step(self, obs: FloatArray) -> int:
-        """Add frame j's state scores; return the state decided for frame j - LOOKAHEAD_FRAMES."""
-        total = self.cost + TRANSITION  # [to, from]
-        prev = total.argmin(axis=1)
-        cost = total.min(axis=1) - obs
-        cost -= cost.min()
-        self.cost = cost
-        self.back = [*self.back[1:], prev]
-        s = int(self.cost.argmin())
-        for back in reversed(self.back):
-            s = int(back[s])
-        return s
-
-
-_IDENTITY = np.arange(NB_STATES)
-REFINE_HISTORY = PITCH_MAX + WINDOW_SIZE
-"""Full-rate samples ending with a frame's window that the refinement reads."""
+@jit(fastmath=_DOT_MATH)
+def _refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, FloatArray]:
+    n_frames = history.shape[0]
+    n_lags = 2 * REFINE_RADIUS + 1
+    period = np.empty(n_frames, dtype=np.int64)
+    corr = np.empty(n_frames)
+    win0 = REFINE_HISTORY - WINDOW_SIZE
+    for i in range(n_frames):
+        lo = min(max(coarse_lag_d[i] * DECIMATION - REFINE_RADIUS, PITCH_MIN), _REFINE_LO_MAX)
+        h = history[i]
+        e_win = 0.0
+        for t in range(WINDOW_SIZE):
+            e_win += h[win0 + t] * h[win0 + t]
+        # energy of the window at the longest lag, then slid towards shorter lags
+        first = win0 - (lo + n_lags - 1)
+        e = 0.0
+        for t in range(WINDOW_SIZE):
+            e += h[first + t] * h[first + t]
+        best_r = -np.inf
+        best_m = 0
+        for m in range(n_lags - 1, -1, -1):
+            start = win0 - (lo + m)
+            if m < n_lags - 1:
+                e += h[start + WINDOW_SIZE - 1] ** 2 - h[start - 1] ** 2
+            xy = 0.0
+            for t in range(WINDOW_SIZE):
+                xy += h[start + t] * h[win0 + t]
+            r = xy / np.sqrt(e_win * max(e, 0.0) + 1e-12)
+            if r >= best_r:  # ties go to the shorter lag
+                best_r = r
+                best_m = m
+        period[i] = lo + best_m
+        corr[i] = min(max(best_r, 0.0), 1.0)
+    return period, corr
 
 
 def refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, FloatArray]:
@@ -142,23 +231,39 @@ def refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, Float
     WINDOW_SIZE); coarse_lag_d: [F]. Returns T [F] in samples and the normalised
     correlation at T, clipped to [0, 1].
     """
-    n = len(history)
-    lo = np.clip(
-        coarse_lag_d * DECIMATION - REFINE_RADIUS, PITCH_MIN, PITCH_MAX - 2 * REFINE_RADIUS
+    period, corr = _refine(
+        np.ascontiguousarray(history, dtype=np.float64), np.asarray(coarse_lag_d, np.int64)
     )
-    period = np.empty(n, dtype=np.int64)
-    corr = np.empty(n)
-    for i in range(n):
-        h = history[i]
-        win = h[-WINDOW_SIZE:]
-        # lags lo .. lo + 2R: windows starting REFINE_HISTORY - WINDOW_SIZE - lag
-        first = REFINE_HISTORY - WINDOW_SIZE - (int(lo[i]) + 2 * REFINE_RADIUS)
-        span = h[first : first + WINDOW_SIZE + 2 * REFINE_RADIUS]
-        xy = np.correlate(span, win, "valid")[::-1]  # index m: lag lo + m
-        csum = np.cumsum(span * span)
-        e = csum[WINDOW_SIZE - 1 :] - np.concatenate(([0.0], csum[: 2 * REFINE_RADIUS]))
-        r = xy / np.sqrt(float(win @ win) * e[::-1] + 1e-12)
-        m = int(r.argmax())
-        period[i] = int(lo[i]) + m
-        corr[i] = min(max(float(r[m]), 0.0), 1.0)
-    return period, corr
+    return np.asarray(period), np.asarray(corr)
+
+
+@jit()
+def _track_block(
+    buffers: FloatArray, pending: FloatArray, cost: FloatArray, back: IntArray
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    n = buffers.shape[0]
+    width = buffers.shape[1]
+    scores = _coarse_scores(_decimate(buffers[:, width - SEGMENT :]))
+    everything = np.concatenate((pending, scores))  # row i: the frame decided at step i
+    lags = _viterbi(cost, back, _pool_states(scores), everything[:n])
+    end = width - LOOKAHEAD_SAMPLES
+    period, corr = _refine(buffers[:, end - REFINE_HISTORY : end], lags)
+    return period, corr, everything[n:].copy()
+
+
+class PitchTracker:
+    """Streaming pitch: the Viterbi costs, the last LOOKAHEAD_FRAMES back-pointers and
+    the candidate scores of the frames not decided yet (zeros before the stream)."""
+
+    def __init__(self) -> None:
+        self.cost = np.zeros(NB_STATES)
+        self.back = np.tile(np.arange(NB_STATES), (LOOKAHEAD_FRAMES, 1))  # oldest first
+        self.pending = np.zeros((LOOKAHEAD_FRAMES, _NL))
+
+    def process(self, buffers: FloatArray) -> tuple[IntArray, FloatArray]:
+        """[F, n] input ending LOOKAHEAD_SAMPLES after each decided frame's window ->
+        period T [F] (samples) and pitch correlation [F] of the frames decided."""
+        period, corr, self.pending = _track_block(
+            np.ascontiguousarray(buffers, dtype=np.float64), self.pending, self.cost, self.back
+        )
+        return period, corr

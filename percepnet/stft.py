@@ -12,9 +12,11 @@ import numpy.typing as npt
 import scipy.fft
 
 from percepnet.constants import FRAME_SIZE, WINDOW_SIZE
+from percepnet.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
+Float32Array = npt.NDArray[np.float32]
 
 
 def vorbis_window(size: int = WINDOW_SIZE) -> FloatArray:
@@ -32,9 +34,35 @@ def analysis(frames: FloatArray) -> ComplexArray:
     return scipy.fft.rfft(frames * WINDOW, axis=-1)
 
 
+def spectra(windowed: FloatArray) -> ComplexArray:
+    """Real FFT of frames the caller has already windowed (see analysis)."""
+    return scipy.fft.rfft(windowed, axis=-1)
+
+
 def synthesis(spectra: ComplexArray) -> FloatArray:
     """Inverse FFT and synthesis window: [..., NB_BINS] -> [..., WINDOW_SIZE] to overlap-add."""
     return scipy.fft.irfft(spectra, n=WINDOW_SIZE, axis=-1) * WINDOW
+
+
+@jit()
+def _overlap_add_stream(frames: FloatArray, overlap: FloatArray, out: FloatArray) -> None:
+    for i in range(frames.shape[0]):
+        for n in range(FRAME_SIZE):
+            out[i * FRAME_SIZE + n] = overlap[n] + frames[i, n] * WINDOW[n]
+        for n in range(FRAME_SIZE):
+            overlap[n] = frames[i, FRAME_SIZE + n] * WINDOW[FRAME_SIZE + n]
+
+
+def synthesise_stream(spectra: ComplexArray, overlap: FloatArray) -> Float32Array:
+    """Streaming synthesis of [k, NB_BINS] spectra: k * FRAME_SIZE samples out.
+
+    overlap holds the second half of the previous synthesised frame and is updated.
+    The same arithmetic as synthesis followed by overlap_add.
+    """
+    frames = scipy.fft.irfft(spectra, n=WINDOW_SIZE, axis=-1)
+    out = np.empty(len(frames) * FRAME_SIZE, dtype=np.float32)
+    _overlap_add_stream(frames, overlap, out)
+    return out
 
 
 def overlap_add(frames: FloatArray) -> FloatArray:

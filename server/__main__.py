@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from percepnet.enhancer import Enhancer
+from percepnet.enhancer import Enhancer, warm_up
 from percepnet.runtime import ModelError, load_enhancer_factory
 from server.app import MANAGER_KEY, create_app
 from server.config import Config, ConfigError, load_config
@@ -29,11 +29,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def build_enhancer_factory(config: Config) -> Callable[[], Enhancer]:
     """The per-stream Enhancer factory: the ONNX model, or unity gains when asked.
 
-    Raises ModelError for a missing or corrupt model.
+    Raises ModelError for a missing or corrupt model. The compiled DSP kernels are
+    loaded (or compiled, the first time) here, before any stream arrives.
     """
-    if config.unity_gains:
-        return Enhancer
-    return load_enhancer_factory(config.model)
+    factory: Callable[[], Enhancer] = (
+        Enhancer if config.unity_gains else load_enhancer_factory(config.model)
+    )
+    log.info("DSP kernels ready in %.1f s", warm_up(factory))
+    return factory
 
 
 async def serve_worker(

@@ -182,7 +182,7 @@ class Enhancer:
         g = limit_attenuation(g, self.attenuation_limit_db)
         d = self.diagnostics
         d.voice_activity = voice_activity(g[-1])
-        d.mean_gain = float(g[-1].mean())
+        d.mean_gain = float(g[-1].sum()) / NB_BANDS
         d.pitch_hz = float(SAMPLE_RATE / frames.period[-1])
         d.pitch_correlation = float(frames.pitch_corr[-1])
         postfilter = self.use_postfilter and self.enabled

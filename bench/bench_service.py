@@ -8,7 +8,9 @@ separate client processes, lets them run, and measures over a fixed window:
 - per-frame processing time p50/p99 (from the server's histogram);
 - event-loop lag p50/p99 and the worst window maximum;
 - frames bypassed (late) / failed on the server; frames lost at the clients
-  (expected 50 packets/s per peer, minus what came back).
+  (expected 50 packets/s per peer, minus what came back);
+- proc%: CPU per stream spent in the stream's processor (downmix, enhancer, metrics),
+  from the per-stream gauges; the rest of cpu/str% is WebRTC media (Opus, SRTP, RTP).
 
     python bench/bench_service.py --streams 2,4,8 --seconds 10 --workers 1
 
@@ -164,6 +166,7 @@ class Row:
     bypassed: int
     failed: int
     lost_pct: float
+    processing_cpu_pct: float = float("nan")
     error: str = ""
 
 
@@ -219,7 +222,20 @@ def run_point(url: str, server_pid: int, mode: str, n: int, seconds: float, clie
         bypassed=int(delta(m0, m1, 'percepnet_frames_total{outcome="bypassed"}')),
         failed=int(delta(m0, m1, 'percepnet_frames_total{outcome="failed"}')),
         lost_pct=100.0 * max(0.0, 1.0 - received / expected) if expected else float("nan"),
+        processing_cpu_pct=100.0 * stream_cpu_delta(m0, m1) / wall / n,
         error="; ".join(errors),
+    )
+
+
+def stream_cpu_delta(before: dict[str, float], after: dict[str, float]) -> float:
+    """CPU seconds the streams' processors (downmix, enhancer, metrics) used in between:
+    the per-stream gauges, for streams present at both scrapes (updated once per stats
+    interval, so a short window undercounts by up to one interval)."""
+    name = "percepnet_stream_cpu_seconds{"
+    return sum(
+        value - before[key]
+        for key, value in after.items()
+        if key.startswith(name) and key in before
     )
 
 
@@ -268,7 +284,8 @@ def main() -> int:
         print(f"server: {args.workers} worker(s), offload={args.offload}, enhancer: {enhancer}; "
               f"{os.cpu_count()} cores, {args.clients} client processes")  # fmt: skip
         header = (f"{'mode':<12}{'N':>4}{'cpu/str%':>10}{'srv cpu%':>10}{'fr p50':>8}{'fr p99':>8}"
-                  f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}")  # fmt: skip
+                  f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}"
+                  f"{'proc%':>7}")  # fmt: skip
         print(header)
         for n in [int(x) for x in args.streams.split(",")]:
             for mode in args.modes.split(","):
@@ -277,7 +294,8 @@ def main() -> int:
                 print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"
                       f"{row.server_cpu_pct:>10.1f}{row.frame_p50_ms:>8.3f}{row.frame_p99_ms:>8.3f}"
                       f"{row.loop_lag_p50_ms:>9.2f}{row.loop_lag_p99_ms:>9.2f}{row.bypassed:>6}"
-                      f"{row.failed:>5}{row.lost_pct:>7.2f} {row.error}", flush=True)  # fmt: skip
+                      f"{row.failed:>5}{row.lost_pct:>7.2f}{row.processing_cpu_pct:>7.2f}"
+                      f" {row.error}", flush=True)  # fmt: skip
                 time.sleep(1.0)
     finally:
         server.send_signal(signal.SIGTERM)

@@ -23,12 +23,13 @@ import numpy.typing as npt
 from percepnet import pitch
 from percepnet.bands import _band_cross, _band_energy, band_cross, band_energy, coherence
 from percepnet.comb import (
+    COMB_TAPS,
+    COMB_WEIGHT_TABLE,
     CONTEXT_SAMPLES,
     _comb_filter,
     _comb_starts,
     comb_filter,
     comb_noise_gain,
-    comb_weights,
 )
 from percepnet.constants import (
     BUFFER_SAMPLES,
@@ -45,6 +46,7 @@ from percepnet.constants import (
     WINDOW_SIZE,
 )
 from percepnet.jit import jit
+from percepnet.pitch import _track_block
 from percepnet.stft import WINDOW, analysis, spectra
 
 FloatArray = npt.NDArray[np.float64]
@@ -127,6 +129,32 @@ def _band_features(
     return feats, E_y, q_y
 
 
+@jit()
+def _time_stage(
+    buffers: FloatArray, pending: FloatArray, cost: FloatArray, back: IntArray
+) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Pitch of the decided frames, their comb weights and the windows to transform."""
+    period, corr, pending = _track_block(buffers, pending, cost, back)
+    weights = np.empty((len(period), COMB_TAPS))
+    for i in range(len(period)):
+        weights[i] = COMB_WEIGHT_TABLE[period[i]]
+    return period, corr, weights, _frames_to_analyse(buffers, period, weights), pending
+
+
+@jit()
+def _frequency_stage(
+    spectra: ComplexArray, pending_Y: ComplexArray, period: IntArray, corr: FloatArray
+) -> tuple[FloatArray, ComplexArray, ComplexArray, FloatArray, FloatArray, ComplexArray]:
+    """Features, Y, P, E_y, q_y of the decided frames and the new pending spectra."""
+    n = len(period)
+    Y_new = spectra[:n]
+    P = spectra[n:].copy()
+    all_Y = np.concatenate((pending_Y, Y_new))  # row i: frame l of step i
+    Y = all_Y[:n].copy()
+    feats, E_y, q_y = _band_features(Y_new, Y, P, period, corr)
+    return feats, Y, P, E_y, q_y, all_Y[n:].copy()
+
+
 class Analyzer:
     """Stateful analysis: the pitch tracker and the pending frames.
 
@@ -146,15 +174,14 @@ class Analyzer:
     def process(self, buffers: FloatArray) -> Frames:
         """Analyse F consecutive steps given their [F, BUFFER_SAMPLES] input buffers."""
         buffers = np.ascontiguousarray(buffers, dtype=np.float64)
-        n = buffers.shape[0]
-        period, corr = self._pitch.process(buffers)
-        c = comb_weights(period)
-        both = spectra(_frames_to_analyse(buffers, period, c))
-        Y_new, P = both[:n], both[n:]
-        all_Y = np.concatenate([self._pending_Y, Y_new])  # row i: frame l of step i
-        Y = all_Y[:n]
-        feats, E_y, q_y = _band_features(Y_new, Y, P, period, corr)
-        self._pending_Y = all_Y[n:]
+        tracker = self._pitch
+        period, corr, c, windows, tracker.pending = _time_stage(
+            buffers, tracker.pending, tracker.cost, tracker.back
+        )
+        feats, Y, P, E_y, q_y, self._pending_Y = _frequency_stage(
+            spectra(windows), self._pending_Y, period, corr
+        )
+        n = len(period)
         steps = np.arange(self._step, self._step + n)
         self._step += n
         return Frames(steps, feats, Y, P, E_y, q_y, period, corr, c)

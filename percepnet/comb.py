@@ -42,12 +42,14 @@ def _weight_table() -> FloatArray:
     return np.asarray(w / w.sum(axis=1, keepdims=True))
 
 
-_WEIGHTS = _weight_table()
+COMB_WEIGHT_TABLE = _weight_table()
+"""Row T: the normalised weights c_k for period T."""
+COMB_TAPS = len(TAP_OFFSETS)
 
 
 def comb_weights(period: IntArray) -> FloatArray:
     """[F] periods -> [F, 2K + 1] normalised weights c_k."""
-    return np.asarray(_WEIGHTS[period])
+    return np.asarray(COMB_WEIGHT_TABLE[period])
 
 
 def comb_noise_gain(weights: FloatArray) -> FloatArray:

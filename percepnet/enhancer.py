@@ -37,6 +37,7 @@ from percepnet.constants import (
     SAMPLE_RATE,
     WINDOW_SIZE,
 )
+from percepnet.jit import jit
 from percepnet.mixing import apply_gains
 from percepnet.stft import analysis, overlap_add, synthesis, synthesise_stream
 
@@ -109,9 +110,41 @@ class Diagnostics:
     nonfinite_samples: int = 0  # NaN/inf input samples replaced by zero so far
 
 
+@jit()
+def _gain_summary(g: FloatArray) -> tuple[float, float]:
+    """Voice activity (mean gain over the speech bands, in [0, 1]) and the mean gain."""
+    speech = 0.0
+    total = 0.0
+    for b in range(NB_BANDS):
+        speech += g[b] * _VAD_WEIGHTS[b]
+        total += g[b]
+    return min(max(speech, 0.0), 1.0), total / NB_BANDS
+
+
 def voice_activity(g: FloatArray) -> float:
     """A speech-presence estimate in [0, 1]: the mean gain over the speech bands."""
-    return min(max(float(np.dot(g.reshape(-1, NB_BANDS)[-1], _VAD_WEIGHTS)), 0.0), 1.0)
+    last = np.ascontiguousarray(np.reshape(g, (-1, NB_BANDS))[-1], dtype=np.float64)
+    return float(_gain_summary(last)[0])
+
+
+@jit()
+def _push(buffer: FloatArray, x: FloatArray) -> tuple[FloatArray, FloatArray, int]:
+    """Append k frames of x (non-finite samples -> 0, counted) to the input buffer:
+    the [k, BUFFER_SAMPLES] buffers of the k steps, the new buffer, the count."""
+    k = len(x) // FRAME_SIZE
+    line = np.empty(BUFFER_SAMPLES + len(x))
+    line[:BUFFER_SAMPLES] = buffer
+    bad = 0
+    for i in range(len(x)):
+        v = x[i]
+        if not np.isfinite(v):
+            v = 0.0
+            bad += 1
+        line[BUFFER_SAMPLES + i] = v
+    buffers = np.empty((k, BUFFER_SAMPLES))
+    for i in range(k):
+        buffers[i] = line[(i + 1) * FRAME_SIZE : (i + 1) * FRAME_SIZE + BUFFER_SAMPLES]
+    return buffers, line[k * FRAME_SIZE :].copy(), bad
 
 
 class Enhancer:
@@ -166,23 +199,15 @@ class Enhancer:
         k, rem = divmod(x.shape[0], FRAME_SIZE)
         if rem or k == 0:
             raise ValueError(f"process_frames takes a multiple of {FRAME_SIZE} samples: {len(x)}")
-        if not np.isfinite(x.sum()):  # one pass; NaN or inf anywhere makes the sum non-finite
-            finite = np.isfinite(x)
-            if not finite.all():
-                self.diagnostics.nonfinite_samples += int((~finite).sum())
-                x = np.where(finite, x, 0.0)
-        line = np.concatenate([self._buffer, x])
-        buffers = np.empty((k, BUFFER_SAMPLES))
-        for i in range(k):
-            buffers[i] = line[(i + 1) * FRAME_SIZE : (i + 1) * FRAME_SIZE + BUFFER_SAMPLES]
-        self._buffer = line[k * FRAME_SIZE :]
+        buffers, self._buffer, bad = _push(self._buffer, x)
+        if bad:
+            self.diagnostics.nonfinite_samples += bad
         frames = self._analyzer.process(buffers)
         # The source runs even when disabled so its recurrent state follows the stream.
         g, r = self.source(frames)
-        g = limit_attenuation(g, self.attenuation_limit_db)
+        g = limit_attenuation(np.asarray(g, dtype=np.float64), self.attenuation_limit_db)
         d = self.diagnostics
-        d.voice_activity = voice_activity(g[-1])
-        d.mean_gain = float(g[-1].sum()) / NB_BANDS
+        d.voice_activity, d.mean_gain = _gain_summary(g[-1])
         d.pitch_hz = float(SAMPLE_RATE / frames.period[-1])
         d.pitch_correlation = float(frames.pitch_corr[-1])
         postfilter = self.use_postfilter and self.enabled

@@ -10,7 +10,8 @@ back from the best path at frame l + LOOKAHEAD_FRAMES. The chosen period is then
 refined at the full rate on frame l's own window.
 
 Every function works on a leading batch axis so the streaming enhancer (one
-frame) and the whole-signal path (all frames) share the same arithmetic.
+frame) and the whole-signal path (all frames) share the same arithmetic. The loops
+are compiled (percepnet.jit); PitchTracker runs the whole chain in one call.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from server.clips import data_dir
 SPEECH = "speech/picovoice_speech_to_intent/speech/clean/05ad3db4-3456-4570-a4dd-4c64d8814681.flac"
 NOISE = "noise/speech_commands_background/running_tap.flac"
 SNR_DB = 5.0
-PESQ_GAIN_FLOOR = 0.05
+PESQ_GAIN_FLOOR = 0.15
 """Model PESQ-WB minus noisy PESQ-WB must exceed this."""
 STOI_FLOOR = 0.83
-"""Absolute STOI of the output. The shipped model (step 1645, see models/README.md)
-measures PESQ 1.07 -> 1.19 and STOI 0.887 -> 0.858 here: it lowers STOI, a known
-shortfall (issue 3); raise both floors with the next model."""
+"""Absolute STOI of the output. The shipped model (step 5433, see models/README.md)
+measures PESQ 1.07 -> 1.37 and STOI 0.887 -> 0.839 here (step 1645 gave 1.19 and
+0.858): it still lowers STOI on this clip, a known shortfall (issue 3)."""
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from percepnet import pitch
-from percepnet.bands import _band_cross, _band_energy, band_cross, band_energy, coherence
+from percepnet.bands import band_cross, band_cross_rows, band_energy, band_energy_rows, coherence
 from percepnet.comb import (
     COMB_TAPS,
     COMB_WEIGHT_TABLE,
     CONTEXT_SAMPLES,
-    _comb_filter,
-    _comb_starts,
     comb_filter,
+    comb_filter_rows,
     comb_noise_gain,
+    comb_starts,
 )
 from percepnet.constants import (
     BUFFER_SAMPLES,
@@ -46,7 +46,7 @@ from percepnet.constants import (
     WINDOW_SIZE,
 )
 from percepnet.jit import jit
-from percepnet.pitch import _track_block
+from percepnet.pitch import track_block
 from percepnet.stft import WINDOW, analysis, spectra
 
 FloatArray = npt.NDArray[np.float64]
@@ -93,7 +93,7 @@ def _frames_to_analyse(buffers: FloatArray, period: IntArray, weights: FloatArra
     """[2F, WINDOW_SIZE] windowed: the newest window of each step, then frame l comb-filtered."""
     n = buffers.shape[0]
     out = np.empty((2 * n, WINDOW_SIZE))
-    comb = _comb_filter(buffers[:, :CONTEXT_SAMPLES], _comb_starts(period), weights)
+    comb = comb_filter_rows(buffers[:, :CONTEXT_SAMPLES], comb_starts(period), weights)
     for i in range(n):
         for t in range(WINDOW_SIZE):
             out[i, t] = buffers[i, BUFFER_SAMPLES - WINDOW_SIZE + t] * WINDOW[t]
@@ -112,10 +112,10 @@ def _band_features(
     """Features, E_y and q_y of F steps from the newest spectra Y_new, frame l's noisy Y
     and comb-filtered P."""
     n = Y.shape[0]
-    E_new = _band_energy(Y_new)
-    E_y = _band_energy(Y)
-    E_p = _band_energy(P)
-    cross = _band_cross(Y, P)
+    E_new = band_energy_rows(Y_new)
+    E_y = band_energy_rows(Y)
+    E_p = band_energy_rows(P)
+    cross = band_cross_rows(Y, P)
     q_y = np.empty((n, NB_BANDS))
     feats = np.empty((n, NB_FEATURES))
     for i in range(n):
@@ -134,7 +134,7 @@ def _time_stage(
     buffers: FloatArray, pending: FloatArray, cost: FloatArray, back: IntArray
 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Pitch of the decided frames, their comb weights and the windows to transform."""
-    period, corr, pending = _track_block(buffers, pending, cost, back)
+    period, corr, pending = track_block(buffers, pending, cost, back)
     weights = np.empty((len(period), COMB_TAPS))
     for i in range(len(period)):
         weights[i] = COMB_WEIGHT_TABLE[period[i]]

@@ -85,7 +85,7 @@ _LOWER, _W_LOWER, _W_UPPER = _bin_bands(BAND_WEIGHTS)
 
 
 @jit()
-def _band_row(values: FloatArray, out: FloatArray) -> None:
+def band_sum_row(values: FloatArray, out: FloatArray) -> None:
     """out[b] = sum_k w_b(k) values[k] for one row."""
     out[:] = 0.0
     for k in range(NB_BINS):
@@ -96,7 +96,7 @@ def _band_row(values: FloatArray, out: FloatArray) -> None:
 
 
 @jit()
-def _interp_row(bands: FloatArray, out: FloatArray) -> None:
+def interp_row(bands: FloatArray, out: FloatArray) -> None:
     """out[k] = sum_b w_b(k) bands[b] for one row."""
     for k in range(NB_BINS):
         b = _LOWER[k]
@@ -107,24 +107,26 @@ def _interp_row(bands: FloatArray, out: FloatArray) -> None:
 
 
 @jit()
-def _band_energy(spec: ComplexArray) -> FloatArray:
+def band_energy_rows(spec: ComplexArray) -> FloatArray:
+    """band_energy of [F, NB_BINS] spectra (compiled; callable from other kernels)."""
     out = np.empty((spec.shape[0], NB_BANDS))
     power = np.empty(NB_BINS)
     for i in range(spec.shape[0]):
         for k in range(NB_BINS):
             power[k] = spec[i, k].real ** 2 + spec[i, k].imag ** 2
-        _band_row(power, out[i])
+        band_sum_row(power, out[i])
     return out
 
 
 @jit()
-def _band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
+def band_cross_rows(a: ComplexArray, b: ComplexArray) -> FloatArray:
+    """band_cross of [F, NB_BINS] spectra (compiled; callable from other kernels)."""
     out = np.empty((a.shape[0], NB_BANDS))
     prod = np.empty(NB_BINS)
     for i in range(a.shape[0]):
         for k in range(NB_BINS):
             prod[k] = a[i, k].real * b[i, k].real + a[i, k].imag * b[i, k].imag
-        _band_row(prod, out[i])
+        band_sum_row(prod, out[i])
     return out
 
 
@@ -132,7 +134,7 @@ def _band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
 def _interp(bands: FloatArray) -> FloatArray:
     out = np.empty((bands.shape[0], NB_BINS))
     for i in range(bands.shape[0]):
-        _interp_row(bands[i], out[i])
+        interp_row(bands[i], out[i])
     return out
 
 
@@ -142,13 +144,13 @@ def _rows(x: npt.ArrayLike, dtype: type, width: int) -> npt.NDArray[Any]:
 
 def band_energy(spectrum: ComplexArray) -> FloatArray:
     """E_b = sum_k w_b(k) |X(k)|^2 for [..., NB_BINS] spectra -> [..., NB_BANDS]."""
-    out = _band_energy(_rows(spectrum, np.complex128, NB_BINS))
+    out = band_energy_rows(_rows(spectrum, np.complex128, NB_BINS))
     return np.asarray(out.reshape(*np.shape(spectrum)[:-1], NB_BANDS))
 
 
 def band_cross(a: ComplexArray, b: ComplexArray) -> FloatArray:
     """Re(sum_k w_b(k) A(k) B*(k)) per band."""
-    out = _band_cross(_rows(a, np.complex128, NB_BINS), _rows(b, np.complex128, NB_BINS))
+    out = band_cross_rows(_rows(a, np.complex128, NB_BINS), _rows(b, np.complex128, NB_BINS))
     return np.asarray(out.reshape(*np.shape(a)[:-1], NB_BANDS))
 
 

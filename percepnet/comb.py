@@ -58,7 +58,7 @@ def comb_noise_gain(weights: FloatArray) -> FloatArray:
 
 
 @jit()
-def _comb_starts(period: IntArray) -> IntArray:
+def comb_starts(period: IntArray) -> IntArray:
     """Where each tap's WINDOW_SIZE samples start in the context, [F, 2K + 1]. Dropped taps
     (weight 0) may point past the context: they are clamped to a valid place."""
     start = np.empty((period.shape[0], len(TAP_OFFSETS)), dtype=np.int64)
@@ -69,7 +69,8 @@ def _comb_starts(period: IntArray) -> IntArray:
 
 
 @jit()
-def _comb_filter(context: FloatArray, start: IntArray, weights: FloatArray) -> FloatArray:
+def comb_filter_rows(context: FloatArray, start: IntArray, weights: FloatArray) -> FloatArray:
+    """comb_filter with the tap starts given (comb_starts); compiled, for other kernels."""
     out = np.zeros((context.shape[0], WINDOW_SIZE))
     for i in range(context.shape[0]):
         for t in range(weights.shape[1]):
@@ -88,9 +89,9 @@ def comb_filter(context: FloatArray, period: IntArray, weights: FloatArray) -> F
     context: [F, CONTEXT_SAMPLES], the window at [HISTORY_SAMPLES, HISTORY_SAMPLES +
     WINDOW_SIZE); period: [F]; weights: [F, 2K + 1]. Returns [F, WINDOW_SIZE].
     """
-    starts = _comb_starts(np.asarray(period, dtype=np.int64))
+    starts = comb_starts(np.asarray(period, dtype=np.int64))
     return np.asarray(
-        _comb_filter(
+        comb_filter_rows(
             np.ascontiguousarray(context, dtype=np.float64),
             starts,
             np.ascontiguousarray(weights, dtype=np.float64),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.bands import _band_row, _interp_row
+from percepnet.bands import band_sum_row, interp_row
 from percepnet.constants import EPS, NB_BANDS, NB_BINS, POSTFILTER_BETA
 from percepnet.jit import jit
 
@@ -74,17 +74,17 @@ def _apply_gains(
         else:
             target[:] = g[i]
         if use_pitch_filter:
-            _interp_row(r[i], r_k)
+            interp_row(r[i], r_k)
             for k in range(NB_BINS):
                 Z[i, k] = Y[i, k] + r_k[k] * (P[i, k] - Y[i, k])
                 power[k] = Z[i, k].real ** 2 + Z[i, k].imag ** 2
-            _band_row(power, E_z)
+            band_sum_row(power, E_z)
             for b in range(NB_BANDS):
                 scale[b] = target[b] * np.sqrt((E_y[i, b] + EPS) / (E_z[b] + EPS))
         else:
             Z[i] = Y[i]
             scale[:] = target
-        _interp_row(scale, scale_k)
+        interp_row(scale, scale_k)
         for k in range(NB_BINS):
             Z[i, k] *= scale_k[k]
     return Z

@@ -239,9 +239,11 @@ def refine(history: FloatArray, coarse_lag_d: IntArray) -> tuple[IntArray, Float
 
 
 @jit()
-def _track_block(
+def track_block(
     buffers: FloatArray, pending: FloatArray, cost: FloatArray, back: IntArray
 ) -> tuple[IntArray, FloatArray, FloatArray]:
+    """The whole chain for F steps' [F, n] buffers: period and correlation of the decided
+    frames and the new pending scores; cost and back are updated in place."""
     n = buffers.shape[0]
     width = buffers.shape[1]
     scores = _coarse_scores(_decimate(buffers[:, width - SEGMENT :]))
@@ -264,7 +266,7 @@ class PitchTracker:
     def process(self, buffers: FloatArray) -> tuple[IntArray, FloatArray]:
         """[F, n] input ending LOOKAHEAD_SAMPLES after each decided frame's window ->
         period T [F] (samples) and pitch correlation [F] of the frames decided."""
-        period, corr, self.pending = _track_block(
+        period, corr, self.pending = track_block(
             np.ascontiguousarray(buffers, dtype=np.float64), self.pending, self.cost, self.back
         )
         return period, corr

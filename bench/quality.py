@@ -45,17 +45,24 @@ def eval_set(split: str, n: int, root: Path) -> list[dict[str, str]]:
     return rows[:n]
 
 
-def systems(
-    models: Path, extra: list[str]
-) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+System = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(noisy, clean) -> enhanced, all at 48 kHz and aligned."""
+
+
+def noisy_input(noisy: np.ndarray, _clean: np.ndarray) -> np.ndarray:
+    return noisy
+
+
+def rnnoise(noisy: np.ndarray, _clean: np.ndarray) -> np.ndarray:
+    """The reference peer, a fresh state per mixture, its delay compensated."""
+    with RNNoiseReference() as rn:
+        return rn.enhance(noisy)
+
+
+def systems(models: Path, extra: list[str]) -> dict[str, System]:
     f32, i8 = load_model(models / "percepnet.onnx"), load_model(models / "percepnet-int8.onnx")
-
-    def rnnoise(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
-        with RNNoiseReference() as rn:
-            return rn.enhance(noisy)
-
-    out: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "noisy": lambda noisy, clean: noisy,
+    out: dict[str, System] = {
+        "noisy": noisy_input,
         "rnnoise": rnnoise,
         "oracle": lambda noisy, clean: enhance_signal(noisy, OracleSource(clean)),
         "percepnet-float": lambda noisy, clean: enhance_signal(noisy, OnnxSource(f32)),
@@ -70,6 +77,31 @@ def systems(
             noisy, OracleSource(clean), use_postfilter=False
         )
     return out
+
+
+def evaluate(
+    items: list[dict[str, str]], root: Path, runs: dict[str, System], title: str
+) -> list[dict[str, float | str]]:
+    """Score every system on every mixture (one row each); print median and mean tables."""
+    rows: list[dict[str, float | str]] = []
+    t0 = time.monotonic()
+    for i, item in enumerate(items):
+        clean, noisy = load(root / item["clean"]), load(root / item["noisy"])
+        for name, run in runs.items():
+            rows.append(
+                {
+                    "system": name,
+                    "id": item["id"],
+                    "snr_db": item.get("snr_db", ""),
+                    **score(clean, run(noisy, clean)),
+                }
+            )
+        print(f"[{i + 1}/{len(items)}] {item['id']}", file=sys.stderr, flush=True)
+    summary = summarise(rows)
+    print(f"{title}, {len(items)} mixtures, {time.monotonic() - t0:.0f} s\n")
+    print("median:\n" + markdown_table(summary))
+    print("mean:\n" + markdown_table(summary, stat="mean"))
+    return rows
 
 
 def main() -> int:
@@ -88,25 +120,7 @@ def main() -> int:
     root = Path(args.eval_dir)
     rows_in = eval_set(args.split, args.n, root)
     runs = systems(Path(args.models), args.extra)
-    rows: list[dict[str, float | str]] = []
-    t0 = time.monotonic()
-    for i, item in enumerate(rows_in):
-        clean, noisy = load(root / item["clean"]), load(root / item["noisy"])
-        for name, run in runs.items():
-            est = run(noisy, clean)
-            rows.append(
-                {
-                    "system": name,
-                    "id": item["id"],
-                    "snr_db": item.get("snr_db", ""),
-                    **score(clean, est),
-                }
-            )
-        print(f"[{i + 1}/{len(rows_in)}] {item['id']}", file=sys.stderr, flush=True)
-    summary = summarise(rows)
-    print(f"{args.split} split, {len(rows_in)} mixtures, {time.monotonic() - t0:.0f} s\n")
-    print("median:\n" + markdown_table(summary))
-    print("mean:\n" + markdown_table(summary, stat="mean"))
+    rows = evaluate(rows_in, root, runs, f"{args.split} split")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

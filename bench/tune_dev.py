@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +20,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.quality import eval_set  # noqa: E402
+from bench.quality import System, eval_set, evaluate, noisy_input, rnnoise  # noqa: E402
 from percepnet.analysis import Frames  # noqa: E402
-from percepnet.audio import load  # noqa: E402
 from percepnet.enhancer import GainPair, GainSource, enhance_signal  # noqa: E402
-from percepnet.metrics import RNNoiseReference, markdown_table, score, summarise  # noqa: E402
 from percepnet.runtime import OnnxModel, OnnxSource, load_model  # noqa: E402
 
 
@@ -44,20 +40,14 @@ class ExponentSource:
         return np.power(g, self.gamma), r
 
 
-def variants(
-    model: OnnxModel, gammas: list[float]
-) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    def rnnoise(noisy: np.ndarray) -> np.ndarray:
-        with RNNoiseReference() as rn:
-            return rn.enhance(noisy)
-
-    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "noisy": lambda x: x,
+def variants(model: OnnxModel, gammas: list[float]) -> dict[str, System]:
+    out: dict[str, System] = {
+        "noisy": noisy_input,
         "rnnoise": rnnoise,
-        "no-postfilter": lambda x: enhance_signal(x, OnnxSource(model), use_postfilter=False),
+        "no-postfilter": lambda x, _c: enhance_signal(x, OnnxSource(model), use_postfilter=False),
     }
     for gamma in gammas:
-        out[f"postfilter, gamma {gamma:g}"] = lambda x, gm=gamma: enhance_signal(
+        out[f"postfilter, gamma {gamma:g}"] = lambda x, _c, gm=gamma: enhance_signal(
             x, ExponentSource(OnnxSource(model), gm)
         )
     return out
@@ -75,17 +65,7 @@ def main() -> int:
     root = Path(args.eval_dir)
     items = eval_set("dev", args.n, root)
     runs = variants(load_model(Path(args.models) / "percepnet.onnx"), args.gammas)
-    rows: list[dict[str, float | str]] = []
-    t0 = time.monotonic()
-    for i, item in enumerate(items):
-        clean, noisy = load(root / item["clean"]), load(root / item["noisy"])
-        for name, run in runs.items():
-            rows.append({"system": name, "id": item["id"], **score(clean, run(noisy))})
-        print(f"[{i + 1}/{len(items)}] {item['id']}", file=sys.stderr, flush=True)
-    summary = summarise(rows)
-    print(f"dev split, {len(items)} mixtures, {time.monotonic() - t0:.0f} s\n")
-    print("median:\n" + markdown_table(summary))
-    print("mean:\n" + markdown_table(summary, stat="mean"))
+    evaluate(items, root, runs, "dev split")
     return 0
 
 

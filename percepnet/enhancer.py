@@ -121,12 +121,6 @@ def _gain_summary(g: FloatArray) -> tuple[float, float]:
     return min(max(speech, 0.0), 1.0), total / NB_BANDS
 
 
-def voice_activity(g: FloatArray) -> float:
-    """A speech-presence estimate in [0, 1]: the mean gain over the speech bands."""
-    last = np.ascontiguousarray(np.reshape(g, (-1, NB_BANDS))[-1], dtype=np.float64)
-    return float(_gain_summary(last)[0])
-
-
 @jit()
 def _push(buffer: FloatArray, x: FloatArray) -> tuple[FloatArray, FloatArray, int]:
     """Append k frames of x (non-finite samples -> 0, counted) to the input buffer:

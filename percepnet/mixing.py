@@ -104,6 +104,7 @@ def apply_gains(
     Without r (None) there is no pitch filtering: Z = Y.
     """
     g = np.ascontiguousarray(g, dtype=np.float64)
+    # Without r the kernel never reads its strengths argument; g fills the slot.
     strengths = g if r is None else np.ascontiguousarray(r, dtype=np.float64)
     return np.asarray(
         _apply_gains(

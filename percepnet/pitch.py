@@ -11,7 +11,8 @@ refined at the full rate on frame l's own window.
 
 Every function works on a leading batch axis so the streaming enhancer (one
 frame) and the whole-signal path (all frames) share the same arithmetic. The loops
-are compiled (percepnet.jit); PitchTracker runs the whole chain in one call.
+are compiled (percepnet.jit); track_block runs the whole chain in one call on a
+PitchTracker's state.
 """
 
 from __future__ import annotations
@@ -255,18 +256,11 @@ def track_block(
 
 
 class PitchTracker:
-    """Streaming pitch: the Viterbi costs, the last LOOKAHEAD_FRAMES back-pointers and
-    the candidate scores of the frames not decided yet (zeros before the stream)."""
+    """Streaming pitch state for track_block: the Viterbi costs, the last LOOKAHEAD_FRAMES
+    back-pointers and the candidate scores of the frames not decided yet (zeros before
+    the stream)."""
 
     def __init__(self) -> None:
         self.cost = np.zeros(NB_STATES)
         self.back = np.tile(np.arange(NB_STATES), (LOOKAHEAD_FRAMES, 1))  # oldest first
         self.pending = np.zeros((LOOKAHEAD_FRAMES, _NL))
-
-    def process(self, buffers: FloatArray) -> tuple[IntArray, FloatArray]:
-        """[F, n] input ending LOOKAHEAD_SAMPLES after each decided frame's window ->
-        period T [F] (samples) and pitch correlation [F] of the frames decided."""
-        period, corr, self.pending = track_block(
-            np.ascontiguousarray(buffers, dtype=np.float64), self.pending, self.cost, self.back
-        )
-        return period, corr

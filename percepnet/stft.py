@@ -29,14 +29,14 @@ WINDOW: FloatArray = vorbis_window()
 WINDOW.flags.writeable = False
 
 
+def spectra(windowed: FloatArray) -> ComplexArray:
+    """Real FFT of [..., WINDOW_SIZE] frames the caller has already windowed."""
+    return scipy.fft.rfft(windowed, axis=-1)
+
+
 def analysis(frames: FloatArray) -> ComplexArray:
     """Windowed real FFT of [..., WINDOW_SIZE] time frames -> [..., NB_BINS] spectra."""
-    return scipy.fft.rfft(frames * WINDOW, axis=-1)
-
-
-def spectra(windowed: FloatArray) -> ComplexArray:
-    """Real FFT of frames the caller has already windowed (see analysis)."""
-    return scipy.fft.rfft(windowed, axis=-1)
+    return spectra(frames * WINDOW)
 
 
 def synthesis(spectra: ComplexArray) -> FloatArray:

@@ -10,7 +10,9 @@ separate client processes, lets them run, and measures over a fixed window:
 - frames bypassed (late) / failed on the server; frames lost at the clients
   (expected 50 packets/s per peer, minus what came back);
 - proc%: CPU per stream spent in the stream's processor (downmix, enhancer, metrics),
-  from the per-stream gauges; the rest of cpu/str% is WebRTC media (Opus, SRTP, RTP).
+  from the per-stream gauges; the rest of cpu/str% is WebRTC media (Opus, SRTP, RTP);
+- with --offload batch (the server's default): the mean number of streams per model
+  run (batch) and the p99 of the time a packet waited for its batch (wait p99).
 
     python bench/bench_service.py --streams 2,4,8 --seconds 10 --workers 1
 
@@ -167,6 +169,8 @@ class Row:
     failed: int
     lost_pct: float
     processing_cpu_pct: float = float("nan")
+    batch_mean_streams: float = float("nan")
+    batch_wait_p99_ms: float = float("nan")
     error: str = ""
 
 
@@ -223,6 +227,11 @@ def run_point(url: str, server_pid: int, mode: str, n: int, seconds: float, clie
         failed=int(delta(m0, m1, 'percepnet_frames_total{outcome="failed"}')),
         lost_pct=100.0 * max(0.0, 1.0 - received / expected) if expected else float("nan"),
         processing_cpu_pct=100.0 * stream_cpu_delta(m0, m1) / wall / n,
+        batch_mean_streams=delta(m0, m1, "percepnet_batch_streams_sum")
+        / max(delta(m0, m1, "percepnet_batch_streams_count"), 1e-9)
+        if delta(m0, m1, "percepnet_batch_streams_count")
+        else float("nan"),
+        batch_wait_p99_ms=1e3 * quantile(m0, m1, "percepnet_batch_wait_seconds", 0.99),
         error="; ".join(errors),
     )
 
@@ -253,7 +262,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument("--clients", type=int, default=2, help="client processes")
-    ap.add_argument("--offload", choices=["inline", "thread"], default="inline")
+    ap.add_argument("--offload", choices=["batch", "inline", "thread"], default="batch")
+    ap.add_argument("--batch-window-ms", type=float, default=5.0)
     ap.add_argument("--model", help="ONNX model (default: shipped model, else unity gains)")
     ap.add_argument("--modes", default="passthrough,enhance")
     ap.add_argument("--out", help="write results as JSON here")
@@ -266,6 +276,7 @@ def main() -> int:
     model = Path(args.model) if args.model else DEFAULT_MODEL
     cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(args.workers), "--max-streams", "256", "--offload", args.offload,
+           "--batch-window-ms", str(args.batch_window_ms),
            "--log-level", "WARNING"]  # fmt: skip
     cmd += ["--model", str(model)] if model.exists() else ["--unity-gains"]
     enhancer = str(model) if model.exists() else "unity gains (no model)"
@@ -281,11 +292,12 @@ def main() -> int:
                     print("server failed to start", file=sys.stderr)
                     return 1
                 time.sleep(0.2)
-        print(f"server: {args.workers} worker(s), offload={args.offload}, enhancer: {enhancer}; "
+        print(f"server: {args.workers} worker(s), offload={args.offload} "
+              f"(window {args.batch_window_ms:g} ms), enhancer: {enhancer}; "
               f"{os.cpu_count()} cores, {args.clients} client processes")  # fmt: skip
         header = (f"{'mode':<12}{'N':>4}{'cpu/str%':>10}{'srv cpu%':>10}{'fr p50':>8}{'fr p99':>8}"
                   f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}"
-                  f"{'proc%':>7}")  # fmt: skip
+                  f"{'proc%':>7}{'batch':>6}{'wait99':>7}")  # fmt: skip
         print(header)
         for n in [int(x) for x in args.streams.split(",")]:
             for mode in args.modes.split(","):
@@ -295,6 +307,7 @@ def main() -> int:
                       f"{row.server_cpu_pct:>10.1f}{row.frame_p50_ms:>8.3f}{row.frame_p99_ms:>8.3f}"
                       f"{row.loop_lag_p50_ms:>9.2f}{row.loop_lag_p99_ms:>9.2f}{row.bypassed:>6}"
                       f"{row.failed:>5}{row.lost_pct:>7.2f}{row.processing_cpu_pct:>7.2f}"
+                      f"{row.batch_mean_streams:>6.2f}{row.batch_wait_p99_ms:>7.2f}"
                       f" {row.error}", flush=True)  # fmt: skip
                 time.sleep(1.0)
     finally:

@@ -189,6 +189,18 @@ class Enhancer:
         Equal to k calls of process() (to float rounding); cheaper per frame, since
         most of the per-frame cost is fixed overhead of the array operations.
         """
+        frames = self.analyse_frames(samples)
+        # The source runs even when disabled so its recurrent state follows the stream.
+        g, r = self.source(frames)
+        return self.synthesise_frames(frames, g, r)
+
+    def analyse_frames(self, samples: npt.ArrayLike) -> Frames:
+        """First half of process_frames: buffer k frames of input and analyse them.
+
+        The caller then gets g, r for the frames from `self.source` (alone, or batched
+        with other streams' sources: runtime.gains_for_many) and calls
+        synthesise_frames; nothing else may run on this enhancer in between.
+        """
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         k, rem = divmod(x.shape[0], FRAME_SIZE)
         if rem or k == 0:
@@ -196,9 +208,12 @@ class Enhancer:
         buffers, self._buffer, bad = _push(self._buffer, x)
         if bad:
             self.diagnostics.nonfinite_samples += bad
-        frames = self._analyzer.process(buffers)
-        # The source runs even when disabled so its recurrent state follows the stream.
-        g, r = self.source(frames)
+        return self._analyzer.process(buffers)
+
+    def synthesise_frames(
+        self, frames: Frames, g: npt.ArrayLike, r: FloatArray | None
+    ) -> Float32Array:
+        """Second half of process_frames: apply g, r to the analysed frames; the output."""
         g = limit_attenuation(np.asarray(g, dtype=np.float64), self.attenuation_limit_db)
         d = self.diagnostics
         d.voice_activity, d.mean_gain = _gain_summary(g[-1])
@@ -208,8 +223,7 @@ class Enhancer:
         if not self.enabled:
             g, r = self._unity(frames)
         spectra = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=postfilter)
-        out = synthesise_stream(spectra, self._overlap)
-        return out
+        return synthesise_stream(spectra, self._overlap)
 
 
 def limit_attenuation(g: FloatArray, limit_db: float | None) -> FloatArray:

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from percepnet.constants import NB_FEATURES
-from percepnet.model import PercepNet, StreamingPercepNet, count_parameters, state_shapes
+from percepnet.model import (
+    STATE_BATCH_AXES,
+    PercepNet,
+    StreamingPercepNet,
+    count_parameters,
+    state_shapes,
+)
 from percepnet.runtime import (
     INPUT_FEATURES,
     OUTPUT_GAINS,
@@ -55,6 +61,12 @@ def export_onnx(net: PercepNet, path: Path) -> None:
 def _export(
     stream: StreamingPercepNet, args: tuple[torch.Tensor, ...], path: Path, names: list[str]
 ) -> None:
+    # The stream axis is dynamic, so one run can advance many streams (the service
+    # batches a worker's streams); everything else is fixed.
+    axes: dict[str, dict[int, str]] = {INPUT_FEATURES: {0: "streams"}}
+    axes.update({OUTPUT_GAINS: {0: "streams"}, OUTPUT_STRENGTHS: {0: "streams"}})
+    for n in names:
+        axes[n] = axes[n + STATE_SUFFIX] = {STATE_BATCH_AXES[n]: "streams"}
     torch.onnx.export(
         stream,
         args,
@@ -62,24 +74,28 @@ def _export(
         input_names=[INPUT_FEATURES, *names],
         output_names=[OUTPUT_GAINS, OUTPUT_STRENGTHS, *[n + STATE_SUFFIX for n in names]],
         opset_version=OPSET,
+        dynamic_axes=axes,
         dynamo=False,
     )
 
 
-def compare(net: PercepNet, model: OnnxModel, frames: int = 300, seed: int = 0) -> float:
-    """Max abs difference of torch (whole sequence) vs ONNX (frame by frame)."""
+def compare(
+    net: PercepNet, model: OnnxModel, frames: int = 300, streams: int = 3, seed: int = 0
+) -> float:
+    """Max abs difference of torch (whole sequences) vs ONNX (frame by frame, all streams
+    in one run per frame, each with its own state)."""
     rng = np.random.default_rng(seed)
     mean = net.feature_mean.numpy()
     std = net.feature_std.numpy()
-    feats = (mean + std * rng.standard_normal((frames, NB_FEATURES))).astype(np.float32)
+    feats = (mean + std * rng.standard_normal((streams, frames, NB_FEATURES))).astype(np.float32)
     with torch.no_grad():
-        ref = net(torch.from_numpy(feats)[None])
-    state = model.initial_state()
+        ref = net(torch.from_numpy(feats))
+    states = [model.initial_state() for _ in range(streams)]
     worst = 0.0
     for j in range(frames):
-        g, r, state = model.step(feats[j : j + 1], state)
-        worst = max(worst, float(np.abs(g[0] - ref.gains[0, j].numpy()).max()))
-        worst = max(worst, float(np.abs(r[0] - ref.strengths[0, j].numpy()).max()))
+        g, r, states = model.step_many(feats[:, j], states)
+        worst = max(worst, float(np.abs(g - ref.gains[:, j].numpy()).max()))
+        worst = max(worst, float(np.abs(r - ref.strengths[:, j].numpy()).max()))
     return worst
 
 

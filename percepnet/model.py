@@ -122,6 +122,8 @@ class PercepNet(nn.Module):
 
 STATE_NAMES = ("conv1_history", "conv2_history", "gru_state", "strength_state")
 """Names of the recurrent state tensors (inputs 'NAME', outputs 'NAME_out')."""
+STATE_BATCH_AXES = {"conv1_history": 0, "conv2_history": 0, "gru_state": 1, "strength_state": 1}
+"""The stream (batch) axis of each state tensor: one graph run can advance many streams."""
 INPUT_FEATURES = "features"
 OUTPUT_GAINS = "gains"
 OUTPUT_STRENGTHS = "strengths"
@@ -153,7 +155,11 @@ def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
 
 
 class StreamingPercepNet(nn.Module):
-    """One frame in, explicit state in and out; the module exported to ONNX."""
+    """One frame per stream in, explicit state in and out; the module exported to ONNX.
+
+    The leading axis of `features` [B, F] is the stream: B streams (each with its own
+    state, stacked on STATE_BATCH_AXES) advance by one frame in one run.
+    """
 
     def __init__(self, net: PercepNet) -> None:
         super().__init__()
@@ -170,13 +176,13 @@ class StreamingPercepNet(nn.Module):
         net = self.net
         grus: list[nn.GRU] = list(net.grus)  # type: ignore[arg-type]
         assert net.conv1.bias is not None and net.conv2.bias is not None
-        x = (features - net.feature_mean) / net.feature_std  # [1, F]
-        hist1 = torch.cat([conv1_history, x[:, None, :]], dim=1)  # [1, K1, F]
+        x = (features - net.feature_mean) / net.feature_std  # [B, F]
+        hist1 = torch.cat([conv1_history, x[:, None, :]], dim=1)  # [B, K1, F]
         w1 = net.conv1.weight.permute(2, 1, 0).reshape(-1, net.conv1.out_channels)  # [K1*F, C]
-        c1 = torch.tanh(hist1.reshape(1, -1) @ w1 + net.conv1.bias)
+        c1 = torch.tanh(hist1.flatten(1) @ w1 + net.conv1.bias)
         hist2 = torch.cat([conv2_history, c1[:, None, :]], dim=1)
         w2 = net.conv2.weight.permute(2, 1, 0).reshape(-1, net.conv2.out_channels)
-        conv = torch.tanh(hist2.reshape(1, -1) @ w2 + net.conv2.bias)
+        conv = torch.tanh(hist2.flatten(1) @ w2 + net.conv2.bias)
         outs = []
         y = conv
         new_states = []

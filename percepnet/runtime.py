@@ -5,12 +5,14 @@
 
 The graph takes one frame of features and its recurrent / convolution-history
 state as named inputs and returns named outputs (model.py names them); nothing is
-read by position.
+read by position. Its stream axis is dynamic: `gains_for_many` advances many
+streams' models in one run per frame, so the weights are read once for all of
+them (a service worker does this each time several streams have a packet ready).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import numpy.typing as npt
 
 from percepnet.analysis import Frames
 from percepnet.constants import NB_BANDS, NB_FEATURES
-from percepnet.enhancer import Enhancer, GainPair
+from percepnet.enhancer import Enhancer, GainPair, GainSource
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "percepnet-int8.onnx"
@@ -29,6 +31,8 @@ OUTPUT_STRENGTHS = "strengths"
 STATE_SUFFIX = "_out"
 
 FloatArray = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
+State = dict[str, Float32Array]
 
 
 class ModelError(RuntimeError):
@@ -65,7 +69,21 @@ class OnnxModel:
         missing = [n for n in self.state_names if n + STATE_SUFFIX not in outputs]
         if missing:
             raise ModelError(f"{self.path}: no output for state {missing}")
-        self.state_shapes = {n: tuple(int(d) for d in inputs[n].shape) for n in self.state_names}
+        # The stream axis of each state: its one symbolic dimension. A graph exported
+        # with a fixed batch of 1 has none and runs one stream per call.
+        self.batch_axes: dict[str, int] | None = {}
+        for n in self.state_names:
+            symbolic = [i for i, d in enumerate(inputs[n].shape) if not isinstance(d, int)]
+            if len(symbolic) != 1 or self.batch_axes is None:
+                self.batch_axes = None
+            else:
+                self.batch_axes[n] = symbolic[0]
+        if isinstance(inputs[INPUT_FEATURES].shape[0], int):
+            self.batch_axes = None
+        self.state_shapes = {
+            n: tuple(d if isinstance(d, int) else 1 for d in inputs[n].shape)
+            for n in self.state_names
+        }
         self.output_names = [OUTPUT_GAINS, OUTPUT_STRENGTHS] + [
             n + STATE_SUFFIX for n in self.state_names
         ]
@@ -74,18 +92,44 @@ class OnnxModel:
         if g.shape != (1, NB_BANDS) or r.shape != (1, NB_BANDS) or not np.isfinite(g).all():
             raise ModelError(f"{self.path}: unexpected output shapes {g.shape}, {r.shape}")
 
-    def initial_state(self) -> dict[str, npt.NDArray[np.float32]]:
+    def initial_state(self) -> State:
+        """One stream's state before its first frame."""
         return {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
 
     def step(
-        self, features: npt.NDArray[np.float32], state: dict[str, npt.NDArray[np.float32]]
-    ) -> tuple[
-        npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]
-    ]:
+        self, features: Float32Array, state: State
+    ) -> tuple[Float32Array, Float32Array, State]:
+        """One frame [1, F] of one stream: gains, strengths [1, NB_BANDS], next state."""
         feed = {INPUT_FEATURES: features, **state}
         outs = self.session.run(self.output_names, feed)
         new_state = {n: outs[2 + i] for i, n in enumerate(self.state_names)}
         return outs[0], outs[1], new_state
+
+    def step_many(
+        self, features: Float32Array, states: Sequence[State]
+    ) -> tuple[Float32Array, Float32Array, list[State]]:
+        """One frame each of B streams (features [B, F]) in one run; per-stream states."""
+        if len(states) == 1 or self.batch_axes is None:
+            steps = [self.step(features[i : i + 1], st) for i, st in enumerate(states)]
+            return (
+                np.concatenate([g for g, _, _ in steps]),
+                np.concatenate([r for _, r, _ in steps]),
+                [st for _, _, st in steps],
+            )
+        axes = self.batch_axes
+        feed = {INPUT_FEATURES: features}
+        for n, ax in axes.items():
+            feed[n] = np.concatenate([st[n] for st in states], axis=ax)
+        outs = self.session.run(self.output_names, feed)
+        split = {
+            n: np.split(outs[2 + i], len(states), axis=axes[n])
+            for i, n in enumerate(self.state_names)
+        }
+        new_states = [
+            {n: np.ascontiguousarray(split[n][b]) for n in self.state_names}
+            for b in range(len(states))
+        ]
+        return outs[0], outs[1], new_states
 
 
 class OnnxSource:
@@ -96,16 +140,62 @@ class OnnxSource:
         self.reset()
 
     def reset(self) -> None:
-        self._state = self.model.initial_state()
+        self.state = self.model.initial_state()
 
     def __call__(self, frames: Frames) -> GainPair:
-        feats = frames.features.astype(np.float32)
-        g = np.empty((len(frames), NB_BANDS))
-        r = np.empty((len(frames), NB_BANDS))
-        for i in range(len(frames)):
-            gi, ri, self._state = self.model.step(feats[i : i + 1], self._state)
-            g[i], r[i] = gi[0], ri[0]
-        return g, r
+        result = gains_for_many([self], [frames])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def gains_for_many(
+    sources: Sequence[GainSource], blocks: Sequence[Frames]
+) -> list[GainPair | Exception]:
+    """Each source's gains for its block of frames, as `source(block)` would give them,
+    or the exception that computing them raised.
+
+    OnnxSources that share a model advance together: one model run per frame index
+    for all of their streams, so the weights are read once per frame for all of
+    them. Other sources are called one by one. A source that fails, or a model run
+    that fails, fails only the streams involved.
+    """
+    if len(sources) != len(blocks):
+        raise ValueError(f"{len(sources)} sources for {len(blocks)} blocks")
+    results: dict[int, GainPair | Exception] = {}
+    by_model: dict[int, list[tuple[int, OnnxSource]]] = {}
+    for i, src in enumerate(sources):
+        if isinstance(src, OnnxSource):
+            by_model.setdefault(id(src.model), []).append((i, src))
+        else:
+            try:
+                results[i] = src(blocks[i])
+            except Exception as exc:
+                results[i] = exc
+    for members in by_model.values():
+        try:
+            results.update(_advance_together(members, [blocks[i] for i, _ in members]))
+        except Exception as exc:
+            results.update((i, exc) for i, _ in members)
+    return [results[i] for i in range(len(sources))]
+
+
+def _advance_together(
+    members: list[tuple[int, OnnxSource]], blocks: list[Frames]
+) -> dict[int, GainPair]:
+    """Gains of sources sharing one model: one run per frame index for all of them."""
+    model = members[0][1].model
+    feats = [b.features.astype(np.float32) for b in blocks]
+    gains = [np.empty((len(f), NB_BANDS)) for f in feats]
+    strengths = [np.empty((len(f), NB_BANDS)) for f in feats]
+    for t in range(max(len(f) for f in feats)):
+        active = [k for k, f in enumerate(feats) if len(f) > t]
+        states = [members[k][1].state for k in active]
+        g, r, new = model.step_many(np.stack([feats[k][t] for k in active]), states)
+        for j, k in enumerate(active):
+            members[k][1].state = new[j]
+            gains[k][t], strengths[k][t] = g[j], r[j]
+    return {i: (gains[k], strengths[k]) for k, (i, _) in enumerate(members)}
 
 
 EnhancerFactory = Callable[[], Enhancer]

@@ -16,7 +16,7 @@ from typing import Literal
 ENV_PREFIX = "PERCEPNET_"
 PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
 
-Offload = Literal["inline", "thread"]
+Offload = Literal["batch", "inline", "thread"]
 
 
 class ConfigError(ValueError):
@@ -56,8 +56,12 @@ class Config:
     """Empty by default: no public STUN on a closed network."""
     auth_token: str | None = None
     """Bearer token required on signalling and control endpoints when set."""
-    offload: Offload = "inline"
-    """Where the enhancer runs: on the event loop (measured cheaper) or in one thread."""
+    offload: Offload = "batch"
+    """Where the enhancer runs: on the event loop, each stream's packets batched with the
+    other streams' for the model (batch, the cheapest), one by one (inline), or in one
+    thread (thread)."""
+    batch_window_ms: float = 5.0
+    """batch: the longest a packet waits for other streams' packets to share its model run."""
     frame_deadline_ms: float = 60.0
     """A frame with more than this much audio queued behind it passes through."""
     max_body_bytes: int = 64 * 1024
@@ -85,8 +89,10 @@ class Config:
             raise ConfigError("workers must be at least 1")
         if self.workers > self.max_streams:
             raise ConfigError("more workers than max streams")
-        if self.offload not in ("inline", "thread"):
-            raise ConfigError(f"offload must be inline or thread, not {self.offload!r}")
+        if self.offload not in ("batch", "inline", "thread"):
+            raise ConfigError(f"offload must be batch, inline or thread, not {self.offload!r}")
+        if not 0 <= self.batch_window_ms <= 20:
+            raise ConfigError(f"batch window must be 0-20 ms, not {self.batch_window_ms}")
         if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("deadline, body size and drain timeout must be positive")
 
@@ -151,7 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(env: comma-separated PERCEPNET_ICE_SERVERS). Default: none",
     )
     p.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN' (default: off)")
-    p.add_argument("--offload", choices=["inline", "thread"], help="where the enhancer runs")
+    p.add_argument(
+        "--offload",
+        choices=["batch", "inline", "thread"],
+        help="where the enhancer runs: on the loop with streams batched for the model "
+        "(batch, default), on the loop one by one (inline), or in a thread",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        help="batch: longest wait for other streams to share a model run (5)",
+    )
     p.add_argument(
         "--frame-deadline-ms",
         type=float,
@@ -197,7 +213,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
             kw[name] = raw
     for name in ("port", "max_streams", "workers", "max_body_bytes"):
         number(name, int)
-    for name in ("frame_deadline_ms", "drain_timeout_s"):
+    for name in ("frame_deadline_ms", "drain_timeout_s", "batch_window_ms"):
         number(name, float)
     if (raw := get("model")) is not None and raw:
         kw["model"] = Path(raw)

@@ -14,6 +14,9 @@ FRAME_BUCKETS = (
     0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075,
     0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
 )  # fmt: skip
+# How long a packet waited for others to join its model batch (seconds).
+BATCH_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # Event-loop lag: how late a periodic wake-up ran (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -45,6 +48,18 @@ class Metrics:
             "percepnet_frame_processing_seconds",
             "Processing time per 10 ms enhancer frame (conversion included)",
             buckets=FRAME_BUCKETS,
+            registry=r,
+        )
+        self.batch_wait = Histogram(
+            "percepnet_batch_wait_seconds",
+            "Time a packet waited for other streams' packets to share its model run",
+            buckets=BATCH_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.batch_streams = Histogram(
+            "percepnet_batch_streams",
+            "Streams whose packets went through the model together, per batch",
+            buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.added_latency = Gauge(

@@ -48,6 +48,7 @@ from prometheus_client import Counter
 
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
+from server.batching import Runner
 from server.config import Config
 from server.httputil import read_text
 from server.metrics import Metrics
@@ -67,7 +68,6 @@ from server.track import (
     StreamProcessor,
     StreamStats,
     level_db,
-    run_processor,
     to_mono,
 )
 
@@ -352,7 +352,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         rtp_metrics: RtpMetrics,
         *,
         deadline_s: float,
-        executor: Any,
+        runner: Runner,
         on_first_packet: Callable[[], None],
     ) -> None:
         self.id = session_id
@@ -363,7 +363,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.settings = settings
         self.rtp_metrics = rtp_metrics
         self.deadline_s = deadline_s
-        self.executor = executor
+        self.runner = runner
         self.on_first_packet = on_first_packet
         self.transport: asyncio.DatagramTransport | None = None
         self.source: tuple[Any, ...] | None = None
@@ -474,7 +474,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # pass through (much cheaper) until we have caught up.
         late = self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE > self.deadline_s
         self.stats.cpu_seconds += time.thread_time() - cpu
-        y = await run_processor(self.processor, self.executor, x, late)
+        y = await self.runner.run(self.processor, x, late)
         cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)
@@ -622,7 +622,7 @@ class RtpService:
             self.settings,
             self.rtp_metrics,
             deadline_s=self.config.frame_deadline_ms / 1e3,
-            executor=manager.executor,
+            runner=manager.runner,
             on_first_packet=first_packet,
         )
         session = Session(

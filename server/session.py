@@ -15,7 +15,6 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
+from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
 from server.metrics import Metrics
 from server.track import EnhancedTrack, StreamProcessor, StreamStats
@@ -188,6 +188,15 @@ def _ice_ufrag(sdp: str) -> str | None:
     return None
 
 
+def make_runner(config: Config, metrics: Metrics) -> Runner:
+    """The worker's packet runner for config.offload (server/batching.py)."""
+    if config.offload == "thread":
+        return ThreadRunner()
+    if config.offload == "inline":
+        return InlineRunner()
+    return BatchRunner(metrics, window_s=config.batch_window_ms / 1e3)
+
+
 class SessionManager:
     def __init__(
         self,
@@ -209,11 +218,7 @@ class SessionManager:
         self._closing: set[asyncio.Task[bool]] = set()
         self._idle = asyncio.Event()  # set whenever no session is left (drain waits on it)
         self._idle.set()
-        self.executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer")
-            if config.offload == "thread"
-            else None
-        )
+        self.runner = make_runner(config, metrics)
         metrics.capacity.set(self.capacity)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -230,8 +235,7 @@ class SessionManager:
         await asyncio.gather(*(self.close(sid, "closed") for sid in list(self.sessions)))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
+        self.runner.close()
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new sessions, let current ones finish, then close what remains."""
@@ -299,7 +303,7 @@ class SessionManager:
                 receiver_track,
                 session.processor,
                 deadline_s=self.config.frame_deadline_ms / 1e3,
-                executor=self.executor,
+                runner=self.runner,
             )
             pc.addTrack(session.track)
             answer = await pc.createAnswer()

@@ -19,17 +19,23 @@ import fractions
 import logging
 import math
 import time
-from concurrent.futures import Executor
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from percepnet.analysis import Frames
 from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, SAMPLE_RATE
-from percepnet.enhancer import Enhancer
+from percepnet.enhancer import Enhancer, GainPair
+from percepnet.runtime import gains_for_many
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.batching import Runner
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +98,35 @@ def to_stereo_s16(y: FloatArray, pts: int | None, time_base: fractions.Fraction)
     return frame
 
 
+@dataclass
+class Packet:
+    """One packet on its way through StreamProcessor.begin -> (gains) -> finish."""
+
+    x: FloatArray  # the packet: its output has this length
+    chunk: FloatArray  # the whole 10 ms frames taken from what was pending plus x
+    delayed: FloatArray  # chunk through the delay line: what passes through
+    late: bool
+    frames: Frames | None = None  # analysed, waiting for its gains (enhancing only)
+    gains: GainPair | None = None
+    error: BaseException | None = None
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.chunk) // FRAME_SIZE
+
+
 class StreamProcessor:
     """The synchronous part: mono float in, mono float out, same length.
 
     enhancer=None is the pass-through mode (no DSP, no delay). Otherwise output is the
     enhancer's (LATENCY_SAMPLES late); frames that are late or fail are replaced by
-    the input delayed by the same amount. Not thread-safe: one call at a time.
+    the input delayed by the same amount. Not thread-safe: one packet at a time.
+
+    A packet goes through begin() (buffering, analysis), then its gains are computed
+    (for one stream, or for many streams' packets in one model run: process_many),
+    then finish() (synthesis, failure handling, metrics).
     """
 
     def __init__(self, enhancer: Enhancer | None, metrics: Metrics, stats: StreamStats) -> None:
@@ -116,65 +145,93 @@ class StreamProcessor:
         return base + self.stats.padding_samples
 
     def process(self, x: FloatArray, late: bool) -> FloatArray:
-        start_cpu = time.thread_time()
-        start = time.perf_counter()
+        return process_many([(self, x, late)])[0]
+
+    def begin(self, x: FloatArray, late: bool) -> Packet:
+        """Take the packet's whole frames and, when enhancing them, analyse them."""
+        start_cpu, start = time.thread_time(), time.perf_counter()
         data = np.concatenate([self._pending, x]) if self._pending.size else x
         n = len(data) // FRAME_SIZE
-        # All whole frames of the packet in one enhancer call (2 per 20 ms packet): the
-        # per-call overhead of the array operations is paid once.
-        outs = [self._frames(data[: n * FRAME_SIZE], late)] if n else []
+        chunk = data[: n * FRAME_SIZE]
         self._pending = data[n * FRAME_SIZE :].copy()
+        delayed = chunk
+        if self.enhancer is not None and n:
+            line = np.concatenate([self._delay, chunk])
+            delayed, self._delay = line[: n * FRAME_SIZE], line[n * FRAME_SIZE :]
+        packet = Packet(x=x, chunk=chunk, delayed=delayed, late=late)
+        if self.enhancer is not None and n and not late:
+            try:
+                packet.frames = self.enhancer.analyse_frames(chunk)
+            except Exception as exc:
+                packet.error = exc
+        packet.cpu_s += time.thread_time() - start_cpu
+        packet.wall_s += time.perf_counter() - start
+        return packet
+
+    def finish(self, packet: Packet) -> FloatArray:
+        """Synthesise (or pass through) the packet's frames; the packet's output."""
+        start_cpu, start = time.thread_time(), time.perf_counter()
+        n = packet.n_frames
+        outs = [self._frames(packet)] if n else []
         ready = np.concatenate([self._ready, *outs]) if outs else self._ready
-        if len(ready) < len(x):  # input not a multiple of FRAME_SIZE: buffer once, for good
-            pad = len(x) - len(ready)
+        if len(ready) < len(packet.x):  # input not a multiple of FRAME_SIZE: buffer once
+            pad = len(packet.x) - len(ready)
             self.stats.padding_samples += pad
             ready = np.concatenate([np.zeros(pad), ready])
-        y, self._ready = ready[: len(x)], ready[len(x) :]
-        elapsed = time.perf_counter() - start
+        y, self._ready = ready[: len(packet.x)], ready[len(packet.x) :]
+        elapsed = packet.wall_s + time.perf_counter() - start
         if n:
             per_frame = elapsed / n
             for _ in range(n):
                 self.metrics.frame_seconds.observe(per_frame)
             self.stats.last_frame_ms = 1e3 * per_frame
-        self.stats.cpu_seconds += time.thread_time() - start_cpu
+        self.stats.cpu_seconds += packet.cpu_s + time.thread_time() - start_cpu
         return y
 
-    def _frames(self, chunk: FloatArray, late: bool) -> FloatArray:
-        """Enhance k whole frames, or pass them through delayed (late, failed)."""
-        n = len(chunk) // FRAME_SIZE
+    def _frames(self, packet: Packet) -> FloatArray:
+        """Enhanced frames, or the frames passed through (pass-through mode, late, failed)."""
+        n = packet.n_frames
         if self.enhancer is None:
             self._count("processed", n)
-            return chunk
-        line = np.concatenate([self._delay, chunk])
-        delayed, self._delay = line[: len(chunk)], line[len(chunk) :]
-        if late:
+            return packet.chunk
+        if packet.late:
             self._count("bypassed", n)
-            return delayed
+            return packet.delayed
         try:
-            out = np.asarray(self.enhancer.process_frames(chunk), dtype=np.float64)
-            if out.shape != chunk.shape or not np.isfinite(out).all():
+            if packet.error is not None:
+                raise packet.error
+            if packet.frames is None or packet.gains is None:
+                raise RuntimeError("packet finished before its gains were computed")
+            g, r = packet.gains
+            out = np.asarray(self.enhancer.synthesise_frames(packet.frames, g, r), dtype=np.float64)
+            if out.shape != packet.chunk.shape or not np.isfinite(out).all():
                 raise ValueError(f"enhancer returned {out.shape} {out.dtype} with non-finite")
         except Exception:
-            self._count("failed", n)
-            self._failures_in_row += 1
-            now = time.monotonic()
-            if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
-                self._last_failure_log = now
-                log.exception(
-                    "enhancer frame failed; passing it through (logged once per %d s)",
-                    FAILURE_LOG_INTERVAL_S,
-                )
-            if self._failures_in_row == RESET_AFTER_FAILURES:
-                # A one-off failure leaves the history usable (a short splice); repeated
-                # ones suggest a broken state, so start clean.
-                try:
-                    self.enhancer.reset()
-                except Exception:
-                    log.exception("enhancer reset failed")
-            return delayed
+            self._failed(n)
+            return packet.delayed
         self._failures_in_row = 0
         self._count("processed", n)
         return out
+
+    def _failed(self, n: int) -> None:
+        """Count a failure (called in the except block: the traceback is logged)."""
+        assert self.enhancer is not None
+        self._count("failed", n)
+        self._failures_in_row += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
+            self._last_failure_log = now
+            log.exception(
+                "enhancer frame failed; passing it through (logged once per %d s)",
+                FAILURE_LOG_INTERVAL_S,
+            )
+        if self._failures_in_row == RESET_AFTER_FAILURES:
+            # A one-off failure leaves the history usable (a short splice); repeated
+            # ones suggest a broken state, so start clean.
+            try:
+                self.enhancer.reset()
+            except Exception:
+                log.exception("enhancer reset failed")
 
     def _count(self, outcome: str, n: int = 1) -> None:
         self.metrics.frames.labels(outcome).inc(n)
@@ -186,14 +243,38 @@ class StreamProcessor:
             self.stats.frames_failed += n
 
 
-async def run_processor(
-    processor: StreamProcessor, executor: Executor | None, x: FloatArray, late: bool
-) -> FloatArray:
-    """One packet through the processor, inline or on the enhancer thread."""
-    if executor is None:
-        return processor.process(x, late)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, processor.process, x, late)
+def process_many(items: Sequence[tuple[StreamProcessor, FloatArray, bool]]) -> list[FloatArray]:
+    """One packet each for several streams (each processor at most once): the outputs.
+
+    Every stream's frames are analysed, then the gains of all of them come from one
+    model run per frame index (runtime.gains_for_many: the weights are read once for
+    all the streams), then each is synthesised. A failure in one stream's analysis,
+    gains or synthesis touches that stream only; a failed model run fails the packets
+    in it.
+    """
+    packets = [proc.begin(x, late) for proc, x, late in items]
+    waiting = [
+        (proc.enhancer, packet)
+        for (proc, _, _), packet in zip(items, packets, strict=True)
+        if proc.enhancer is not None and packet.frames is not None
+    ]
+    if waiting:
+        start_cpu, start = time.thread_time(), time.perf_counter()
+        results = gains_for_many(
+            [enh.source for enh, _ in waiting], [pk.frames for _, pk in waiting if pk.frames]
+        )
+        for (_, packet), result in zip(waiting, results, strict=True):
+            if isinstance(result, Exception):
+                packet.error = result
+            else:
+                packet.gains = result
+        # The shared run's cost, split between the streams by their frame counts.
+        frames = sum(pk.n_frames for _, pk in waiting)
+        cpu, wall = time.thread_time() - start_cpu, time.perf_counter() - start
+        for _, packet in waiting:
+            packet.cpu_s += cpu * packet.n_frames / frames
+            packet.wall_s += wall * packet.n_frames / frames
+    return [proc.finish(packet) for (proc, _, _), packet in zip(items, packets, strict=True)]
 
 
 def queued_frames(track: MediaStreamTrack) -> int:
@@ -218,14 +299,14 @@ class EnhancedTrack(MediaStreamTrack):
         processor: StreamProcessor,
         *,
         deadline_s: float,
-        executor: Executor | None = None,
+        runner: Runner | None = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.processor = processor
         self.stats = processor.stats
         self.deadline_s = deadline_s
-        self.executor = executor
+        self.runner = runner
         self._resampler: av.AudioResampler | None = None
 
     async def recv(self) -> av.AudioFrame:
@@ -255,7 +336,11 @@ class EnhancedTrack(MediaStreamTrack):
         late = backlog_s > self.deadline_s
         x = to_mono(frame)
         self.stats.cpu_seconds += time.thread_time() - cpu
-        y = await run_processor(self.processor, self.executor, x, late)
+        y = (
+            self.processor.process(x, late)
+            if self.runner is None
+            else await self.runner.run(self.processor, x, late)
+        )
         cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)

@@ -481,11 +481,18 @@ async def test_failing_enhancer_frames_pass_through_and_are_counted() -> None:
     class Flaky(Enhancer):
         calls = 0
 
-        def process_frames(self, samples: Any) -> Any:
+        # one 20 ms packet (2 frames) in 20 fails: half of them in the analysis, half in
+        # the synthesis after their gains were computed
+        def analyse_frames(self, samples: Any) -> Any:
             Flaky.calls += 1
-            if Flaky.calls % 20 == 0:  # one 20 ms packet (2 frames) in 20
-                raise RuntimeError("boom")
-            return super().process_frames(samples)
+            if Flaky.calls % 40 == 0:
+                raise RuntimeError("boom in analysis")
+            return super().analyse_frames(samples)
+
+        def synthesise_frames(self, frames: Any, g: Any, r: Any) -> Any:
+            if Flaky.calls % 40 == 20:
+                raise RuntimeError("boom in synthesis")
+            return super().synthesise_frames(frames, g, r)
 
     async with serve(Flaky) as srv:
         peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP))
@@ -505,9 +512,9 @@ async def test_failing_enhancer_frames_pass_through_and_are_counted() -> None:
 
 async def test_late_frames_pass_through_until_caught_up() -> None:
     class Slow(Enhancer):
-        def process_frames(self, samples: Any) -> Any:
+        def analyse_frames(self, samples: Any) -> Any:
             time.sleep(0.015 * (len(samples) // 480))  # 30 ms of work per 20 ms packet
-            return super().process_frames(samples)
+            return super().analyse_frames(samples)
 
     async with serve(Slow, offload="thread", frame_deadline_ms=60.0) as srv:
         peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP))

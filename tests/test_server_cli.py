@@ -46,7 +46,8 @@ def test_flags_override_environment_override_defaults() -> None:
     assert config.max_streams == 12 and config.workers == 3  # from the environment
     assert config.auth_token == "from-env"
     assert config.model == Path("/m.onnx")
-    assert config.host == "0.0.0.0" and config.offload == "inline"  # defaults
+    assert config.host == "0.0.0.0" and config.offload == "batch"  # defaults
+    assert config.batch_window_ms == 5.0
     assert config.ice_servers == (
         IceServer("stun:stun.local:3478"),
         IceServer("turn:turn.local:3478", "u", "p"),
@@ -54,6 +55,8 @@ def test_flags_override_environment_override_defaults() -> None:
     assert load_config([], {}).ice_servers == ()  # no public STUN by default
     assert load_config(["--unity-gains"], {}).unity_gains is True
     assert load_config([], {"PERCEPNET_UNITY_GAINS": "false"}).unity_gains is False
+    batch = load_config(["--offload", "inline"], {"PERCEPNET_BATCH_WINDOW_MS": "2.5"})
+    assert batch.offload == "inline" and batch.batch_window_ms == 2.5
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,9 @@ def test_flags_override_environment_override_defaults() -> None:
         (["--ice-server", "http://example"], {}),
         (["--ice-server", "turn:turn.local:3478"], {}),  # TURN without credentials
         ([], {"PERCEPNET_UNITY_GAINS": "maybe"}),
+        (["--batch-window-ms", "-1"], {}),
+        (["--batch-window-ms", "100"], {}),
+        ([], {"PERCEPNET_OFFLOAD": "gpu"}),
     ],
 )
 def test_bad_settings_raise_config_error(argv: list[str], env: dict[str, str]) -> None:

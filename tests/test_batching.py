@@ -1,0 +1,220 @@
+"""Many streams through one model run: runtime.gains_for_many and the server's BatchRunner."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from percepnet.analysis import Frames
+from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS
+from percepnet.enhancer import Enhancer, GainPair
+from percepnet.runtime import MODELS_DIR, OnnxModel, OnnxSource, gains_for_many
+from server.batching import RECENT_S, BatchRunner
+from server.metrics import Metrics
+from server.track import StreamProcessor, StreamStats, process_many
+from tests.signals import add_noise, speechlike
+
+FLOAT_MODEL = MODELS_DIR / "percepnet.onnx"
+INT8_MODEL = MODELS_DIR / "percepnet-int8.onnx"
+PACKET = 2 * FRAME_SIZE
+
+
+def signals(n: int, seconds: float = 0.6) -> list[np.ndarray]:
+    """Speech-like noisy signals, plus the hard cases: silence and clipped loud noise."""
+    rng = np.random.default_rng(11)
+    out = [add_noise(speechlike(seconds, rng), snr, rng) for snr in (0.0, 5.0, 15.0)]
+    out.append(np.zeros(int(seconds * 48000)))
+    out.append(np.clip(rng.standard_normal(int(seconds * 48000)) * 3.0, -1.0, 1.0))
+    return out[:n]
+
+
+def analysed(enhancer: Enhancer, x: np.ndarray, frames_per_block: list[int]) -> list[Frames]:
+    blocks, pos = [], 0
+    for k in frames_per_block:
+        blocks.append(enhancer.analyse_frames(x[pos : pos + k * FRAME_SIZE]))
+        pos += k * FRAME_SIZE
+    return blocks
+
+
+def gains_alone_and_batched(
+    path: Path, n_streams: int, frames_per_block: list[int]
+) -> tuple[list[list[GainPair]], list[list[GainPair]]]:
+    model = OnnxModel(path)
+    sigs = signals(n_streams)
+    blocks = [analysed(Enhancer(), x, frames_per_block) for x in sigs]
+    alone = []
+    for stream_blocks in blocks:
+        src = OnnxSource(model)
+        alone.append([src(b) for b in stream_blocks])
+    sources = [OnnxSource(model) for _ in sigs]
+    batched: list[list[GainPair]] = [[] for _ in sigs]
+    for j in range(len(frames_per_block)):
+        # streams with blocks of different lengths in one call: 1, 2 or 3 frames
+        for s, pair in enumerate(gains_for_many(sources, [b[j] for b in blocks])):
+            batched[s].append(pair)
+    return alone, batched
+
+
+def test_float_model_batched_equals_each_stream_alone() -> None:
+    assert OnnxModel(FLOAT_MODEL).batch_axes is not None  # the shipped graph batches
+    alone, batched = gains_alone_and_batched(FLOAT_MODEL, 5, [2, 1, 3, 2, 2, 2])
+    for a_stream, b_stream in zip(alone, batched, strict=True):
+        for (ga, ra), (gb, rb) in zip(a_stream, b_stream, strict=True):
+            assert ga.shape == gb.shape and ga.shape[1] == NB_BANDS
+            assert ra is not None and rb is not None
+            np.testing.assert_allclose(gb, ga, atol=1e-5)
+            np.testing.assert_allclose(rb, ra, atol=1e-5)
+
+
+def test_int8_batching_moves_gains_within_quantisation_noise() -> None:
+    # Dynamic int8 quantises each activation tensor with one scale for the whole batch,
+    # so other streams (silence, clipped noise) change a stream's rounding a little.
+    alone, batched = gains_alone_and_batched(INT8_MODEL, 5, [2] * 25)
+    worst = max(
+        float(np.abs(gb - ga).max())
+        for a_stream, b_stream in zip(alone, batched, strict=True)
+        for (ga, _), (gb, _) in zip(a_stream, b_stream, strict=True)
+    )
+    assert worst < 0.05, worst
+
+
+# -- the server side -----------------------------------------------------------------------
+def processors(n: int, path: Path, metrics: Metrics) -> list[StreamProcessor]:
+    model = OnnxModel(path)
+    return [StreamProcessor(Enhancer(OnnxSource(model)), metrics, StreamStats()) for _ in range(n)]
+
+
+def test_process_many_equals_process_one_by_one() -> None:
+    metrics = Metrics()
+    sigs = signals(4)
+    one, many = processors(4, FLOAT_MODEL, metrics), processors(4, FLOAT_MODEL, metrics)
+    n_packets = len(sigs[0]) // PACKET
+    for i in range(n_packets):
+        xs = [x[i * PACKET : (i + 1) * PACKET] for x in sigs]
+        singles = [p.process(x, False) for p, x in zip(one, xs, strict=True)]
+        together = process_many([(p, x, False) for p, x in zip(many, xs, strict=True)])
+        for a, b in zip(singles, together, strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-6)
+    for p in many:
+        assert p.stats.frames_processed == 2 * n_packets and p.stats.frames_failed == 0
+        assert p.stats.cpu_seconds > 0  # the shared model run is charged to the streams
+
+
+def hist(metrics: Metrics, name: str) -> tuple[float, float]:
+    """(count, sum) of a histogram."""
+    count = metrics.registry.get_sample_value(f"{name}_count") or 0.0
+    total = metrics.registry.get_sample_value(f"{name}_sum") or 0.0
+    return count, total
+
+
+async def test_runner_batches_streams_whose_packets_arrive_together() -> None:
+    metrics = Metrics()
+    procs = processors(3, INT8_MODEL, metrics)
+    runner = BatchRunner(metrics, window_s=0.05)
+    x = signals(1)[0]
+    # the first packets make the runner see three active streams
+    await asyncio.gather(*(runner.run(p, x[:PACKET], False) for p in procs))
+    count0, streams0 = hist(metrics, "percepnet_batch_streams")
+    for i in range(1, 11):
+        chunk = x[i * PACKET : (i + 1) * PACKET]
+        start = time.perf_counter()
+        outs = await asyncio.gather(*(runner.run(p, chunk, False) for p in procs))
+        # all three streams were in: the batch ran without waiting for the window
+        assert time.perf_counter() - start < 0.04
+        assert all(len(y) == PACKET for y in outs)
+    count, streams = hist(metrics, "percepnet_batch_streams")
+    assert count - count0 == 10 and streams - streams0 == 30
+    assert all(p.stats.frames_processed == 22 for p in procs)
+
+
+async def test_single_stream_never_waits_and_output_is_unchanged() -> None:
+    metrics = Metrics()
+    batched, inline = processors(2, INT8_MODEL, metrics)
+    runner = BatchRunner(metrics, window_s=0.05)
+    x = signals(1)[0]
+    for i in range(len(x) // PACKET):
+        chunk = x[i * PACKET : (i + 1) * PACKET]
+        start = time.perf_counter()
+        y = await runner.run(batched, chunk, False)
+        assert time.perf_counter() - start < 0.04
+        np.testing.assert_allclose(y, inline.process(chunk, False), atol=1e-9)
+    assert (
+        metrics.registry.get_sample_value("percepnet_batch_wait_seconds_bucket", {"le": "0.0005"})
+        == hist(metrics, "percepnet_batch_wait_seconds")[0]
+    )
+
+
+async def test_a_silent_stream_holds_others_for_one_window_at_most() -> None:
+    metrics = Metrics()
+    a, b = processors(2, INT8_MODEL, metrics)
+    window = 0.03
+    runner = BatchRunner(metrics, window_s=window)
+    chunk = signals(1)[0][:PACKET]
+    await asyncio.gather(runner.run(a, chunk, False), runner.run(b, chunk, False))
+    # b stops sending: a waits for it for one window, until b is no longer recent
+    start = time.perf_counter()
+    await runner.run(a, chunk, False)
+    waited = time.perf_counter() - start
+    assert window * 0.8 <= waited < window + 0.03, waited
+    await asyncio.sleep(RECENT_S)
+    start = time.perf_counter()
+    await runner.run(a, chunk, False)
+    assert time.perf_counter() - start < window * 0.5
+
+
+async def test_cancelled_packet_is_dropped_and_the_rest_of_the_batch_runs() -> None:
+    metrics = Metrics()
+    a, b, c = processors(3, INT8_MODEL, metrics)
+    runner = BatchRunner(metrics, window_s=0.05)
+    chunk = signals(1)[0][:PACKET]
+    await asyncio.gather(*(runner.run(p, chunk, False) for p in (a, b, c)))  # all recent
+    gone = asyncio.create_task(runner.run(a, chunk, False))
+    await asyncio.sleep(0)
+    gone.cancel()  # the peer vanished while its packet waited
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    outs = await asyncio.gather(runner.run(b, chunk, False), runner.run(c, chunk, False))
+    assert all(len(y) == PACKET for y in outs)
+    assert a.stats.frames_processed == 2 and b.stats.frames_processed == 4
+    runner.close()
+
+
+class Failing:
+    """A GainSource that fails on its third call; unity gains otherwise."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, frames: Frames) -> GainPair:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("model run failed")
+        return np.ones((len(frames), NB_BANDS)), None
+
+
+async def test_failed_gains_pass_the_packet_through_and_the_stream_goes_on() -> None:
+    metrics = Metrics()
+    model = OnnxModel(INT8_MODEL)
+    bad = StreamProcessor(Enhancer(Failing()), metrics, StreamStats())
+    good = StreamProcessor(Enhancer(OnnxSource(model)), metrics, StreamStats())
+    runner = BatchRunner(metrics, window_s=0.05)
+    x = signals(1)[0]
+    outs: list[np.ndarray] = []
+    for i in range(6):
+        chunk = x[i * PACKET : (i + 1) * PACKET]
+        y_bad, _ = await asyncio.gather(
+            runner.run(bad, chunk, False), runner.run(good, chunk, False)
+        )
+        outs.append(y_bad)
+    assert bad.stats.frames_failed == 2 and bad.stats.frames_processed == 10
+    assert good.stats.frames_failed == 0 and good.stats.frames_processed == 12
+    # the failed packet (the third) went out as the input delayed by the enhancer's latency
+    start = 2 * PACKET - LATENCY_SAMPLES
+    np.testing.assert_allclose(outs[2], x[start : start + PACKET], atol=1e-12)

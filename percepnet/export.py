@@ -16,13 +16,7 @@ import numpy as np
 import torch
 
 from percepnet.constants import NB_FEATURES
-from percepnet.model import (
-    STATE_BATCH_AXES,
-    PercepNet,
-    StreamingPercepNet,
-    count_parameters,
-    state_shapes,
-)
+from percepnet.model import PercepNet, StreamingPercepNet, count_parameters, state_shapes
 from percepnet.runtime import (
     INPUT_FEATURES,
     OUTPUT_GAINS,
@@ -66,7 +60,7 @@ def _export(
     axes: dict[str, dict[int, str]] = {INPUT_FEATURES: {0: "streams"}}
     axes.update({OUTPUT_GAINS: {0: "streams"}, OUTPUT_STRENGTHS: {0: "streams"}})
     for n in names:
-        axes[n] = axes[n + STATE_SUFFIX] = {STATE_BATCH_AXES[n]: "streams"}
+        axes[n] = axes[n + STATE_SUFFIX] = {0: "streams"}
     torch.onnx.export(
         stream,
         args,

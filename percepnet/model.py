@@ -120,22 +120,26 @@ class PercepNet(nn.Module):
 
 # ---- streaming form -------------------------------------------------------------------
 
-STATE_NAMES = ("conv1_history", "conv2_history", "gru_state", "strength_state")
-"""Names of the recurrent state tensors (inputs 'NAME', outputs 'NAME_out')."""
-STATE_BATCH_AXES = {"conv1_history": 0, "conv2_history": 0, "gru_state": 1, "strength_state": 1}
-"""The stream (batch) axis of each state tensor: one graph run can advance many streams."""
 INPUT_FEATURES = "features"
 OUTPUT_GAINS = "gains"
 OUTPUT_STRENGTHS = "strengths"
 
 
 def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    return {
-        "conv1_history": (1, CONV1_KERNEL - 1, NB_FEATURES),
-        "conv2_history": (1, CONV2_KERNEL - 1, config.conv_channels),
-        "gru_state": (config.gru_layers, 1, config.gru_size),
-        "strength_state": (1, 1, config.strength_gru_size),
+    """The streaming graph's state tensors (inputs 'NAME', outputs 'NAME_out'), in order.
+
+    Each is [streams, size], one row per stream: the convolution histories flattened
+    (oldest frame first) and one tensor per GRU, so the graph needs no reshaping,
+    indexing or stacking nodes, each of which would be a kernel call per frame.
+    """
+    shapes: dict[str, tuple[int, ...]] = {
+        "conv1_history": (1, (CONV1_KERNEL - 1) * NB_FEATURES),
+        "conv2_history": (1, (CONV2_KERNEL - 1) * config.conv_channels),
     }
+    for i in range(config.gru_layers):
+        shapes[f"gru{i + 1}_state"] = (1, config.gru_size)
+    shapes["strength_state"] = (1, config.strength_gru_size)
+    return shapes
 
 
 def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
@@ -146,65 +150,55 @@ def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
     assert isinstance(b_ih, Tensor) and isinstance(b_hh, Tensor)
     gi = x @ w_ih.t() + b_ih
     gh = h @ w_hh.t() + b_hh
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
+    # split with constant sizes: `chunk` on a tensor with a dynamic (stream) axis exports
+    # as a chain of Shape/Gather/Div/Slice nodes, each a kernel call per frame
+    size = gru.hidden_size
+    i_rz, i_n = gi.split([2 * size, size], dim=-1)
+    h_rz, h_n = gh.split([2 * size, size], dim=-1)
+    r, z = torch.sigmoid(i_rz + h_rz).split(size, dim=-1)
     n = torch.tanh(i_n + r * h_n)
-    return (1.0 - z) * n + z * h
+    return n + z * (h - n)  # = (1 - z) n + z h, in fewer operations
 
 
 class StreamingPercepNet(nn.Module):
     """One frame per stream in, explicit state in and out; the module exported to ONNX.
 
-    The leading axis of `features` [B, F] is the stream: B streams (each with its own
-    state, stacked on STATE_BATCH_AXES) advance by one frame in one run.
+    The leading axis of `features` [B, F] and of every state tensor is the stream: B
+    streams, each with its own state, advance by one frame in one run.
     """
 
     def __init__(self, net: PercepNet) -> None:
         super().__init__()
         self.net = net
 
-    def forward(
-        self,
-        features: Tensor,
-        conv1_history: Tensor,
-        conv2_history: Tensor,
-        gru_state: Tensor,
-        strength_state: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """features [B, F] and the state_shapes() tensors -> gains, strengths, next state."""
         net = self.net
         grus: list[nn.GRU] = list(net.grus)  # type: ignore[arg-type]
         assert net.conv1.bias is not None and net.conv2.bias is not None
+        conv1_history, conv2_history, *gru_states, strength_state = state
         x = (features - net.feature_mean) / net.feature_std  # [B, F]
-        hist1 = torch.cat([conv1_history, x[:, None, :]], dim=1)  # [B, K1, F]
+        hist1 = torch.cat([conv1_history, x], dim=1)  # [B, K1 * F], oldest frame first
         w1 = net.conv1.weight.permute(2, 1, 0).reshape(-1, net.conv1.out_channels)  # [K1*F, C]
-        c1 = torch.tanh(hist1.flatten(1) @ w1 + net.conv1.bias)
-        hist2 = torch.cat([conv2_history, c1[:, None, :]], dim=1)
+        c1 = torch.tanh(hist1 @ w1 + net.conv1.bias)
+        hist2 = torch.cat([conv2_history, c1], dim=1)
         w2 = net.conv2.weight.permute(2, 1, 0).reshape(-1, net.conv2.out_channels)
-        conv = torch.tanh(hist2.flatten(1) @ w2 + net.conv2.bias)
+        conv = torch.tanh(hist2 @ w2 + net.conv2.bias)
         outs = []
         y = conv
-        new_states = []
-        for i, gru in enumerate(grus):
-            y = _gru_cell(gru, y, gru_state[i])
+        for gru, h in zip(grus, gru_states, strict=True):
+            y = _gru_cell(gru, y, h)
             outs.append(y)
-            new_states.append(y)
         gains = torch.sigmoid(net.gain_head(torch.cat([conv, *outs], dim=-1)))
         s = _gru_cell(
             net.strength_gru,
             torch.cat(outs[-net.config.strength_from_layers :], dim=-1),
-            strength_state[0],
+            strength_state,
         )
         strengths = torch.sigmoid(net.strength_head(s))
-        return (
-            gains,
-            strengths,
-            hist1[:, 1:, :],
-            hist2[:, 1:, :],
-            torch.stack(new_states),
-            s[None],
-        )
+        next_hist1 = hist1[:, NB_FEATURES:]
+        next_hist2 = hist2[:, net.config.conv_channels :]
+        return (gains, strengths, next_hist1, next_hist2, *outs, s)
 
 
 def count_parameters(net: nn.Module) -> int:

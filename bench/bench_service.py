@@ -120,8 +120,15 @@ def delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
 
 # -- clients (separate processes) --------------------------------------------------------
 def client_main(
-    url: str, n: int, mode: str, seed: int, conn: multiprocessing.connection.Connection
+    url: str,
+    n: int,
+    mode: str,
+    seed: int,
+    conn: multiprocessing.connection.Connection,
+    cpus: set[int] | None = None,
 ) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     asyncio.run(_client(url, n, mode, seed, conn))
 
 
@@ -169,19 +176,28 @@ class Row:
     failed: int
     lost_pct: float
     processing_cpu_pct: float = float("nan")
+    repeat: int = 0
     batch_mean_streams: float = float("nan")
     batch_wait_p99_ms: float = float("nan")
     error: str = ""
 
 
-def run_point(url: str, server_pid: int, mode: str, n: int, seconds: float, clients: int) -> Row:
+def run_point(
+    url: str,
+    server_pid: int,
+    mode: str,
+    n: int,
+    seconds: float,
+    clients: int,
+    client_cpus: set[int] | None = None,
+) -> Row:
     ctx = multiprocessing.get_context("spawn")
     k = max(1, min(clients, n))
     shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
     pipes, procs = [], []
     for i, share in enumerate(shares):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=client_main, args=(url, share, mode, 10 * i, child))
+        proc = ctx.Process(target=client_main, args=(url, share, mode, 10 * i, child, client_cpus))
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -266,6 +282,13 @@ def main() -> int:
     ap.add_argument("--batch-window-ms", type=float, default=5.0)
     ap.add_argument("--model", help="ONNX model (default: shipped model, else unity gains)")
     ap.add_argument("--modes", default="passthrough,enhance")
+    ap.add_argument("--repeats", type=int, default=1, help="sweeps over --streams")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on core 0, clients on the other cores (--workers 1): the server's core "
+        "does nothing else, so 'streams held' measures one core",
+    )
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
 
@@ -280,7 +303,16 @@ def main() -> int:
            "--log-level", "WARNING"]  # fmt: skip
     cmd += ["--model", str(model)] if model.exists() else ["--unity-gains"]
     enhancer = str(model) if model.exists() else "unity gains (no model)"
-    server = subprocess.Popen(cmd, cwd=REPO)
+    cores = sorted(os.sched_getaffinity(0))
+    server_cpus, client_cpus = ({cores[0]}, set(cores[1:])) if args.pin else (None, None)
+    if args.pin and (args.workers != 1 or not client_cpus):
+        print("--pin needs --workers 1 and at least 2 cores", file=sys.stderr)
+        return 2
+    server = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None,
+    )
     rows: list[Row] = []
     try:
         for _ in range(100):
@@ -294,22 +326,30 @@ def main() -> int:
                 time.sleep(0.2)
         print(f"server: {args.workers} worker(s), offload={args.offload} "
               f"(window {args.batch_window_ms:g} ms), enhancer: {enhancer}; "
-              f"{os.cpu_count()} cores, {args.clients} client processes")  # fmt: skip
+              f"{os.cpu_count()} cores, {args.clients} client processes"
+              f"{'; server on core 0, clients on the rest' if args.pin else ''}")  # fmt: skip
         header = (f"{'mode':<12}{'N':>4}{'cpu/str%':>10}{'srv cpu%':>10}{'fr p50':>8}{'fr p99':>8}"
                   f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}"
                   f"{'proc%':>7}{'batch':>6}{'wait99':>7}")  # fmt: skip
         print(header)
-        for n in [int(x) for x in args.streams.split(",")]:
-            for mode in args.modes.split(","):
-                row = run_point(url, server.pid, mode, n, args.seconds, args.clients)
-                rows.append(row)
-                print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"
-                      f"{row.server_cpu_pct:>10.1f}{row.frame_p50_ms:>8.3f}{row.frame_p99_ms:>8.3f}"
-                      f"{row.loop_lag_p50_ms:>9.2f}{row.loop_lag_p99_ms:>9.2f}{row.bypassed:>6}"
-                      f"{row.failed:>5}{row.lost_pct:>7.2f}{row.processing_cpu_pct:>7.2f}"
-                      f"{row.batch_mean_streams:>6.2f}{row.batch_wait_p99_ms:>7.2f}"
-                      f" {row.error}", flush=True)  # fmt: skip
-                time.sleep(1.0)
+        # Modes alternate at each N, and the whole sweep repeats: machine drift then
+        # shows up as spread between repeats instead of as a difference between modes.
+        for rep, n, mode in (
+            (rep, int(n), mode)
+            for rep in range(args.repeats)
+            for n in args.streams.split(",")
+            for mode in args.modes.split(",")
+        ):
+            row = run_point(url, server.pid, mode, n, args.seconds, args.clients, client_cpus)
+            row.repeat = rep
+            rows.append(row)
+            print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"
+                  f"{row.server_cpu_pct:>10.1f}{row.frame_p50_ms:>8.3f}{row.frame_p99_ms:>8.3f}"
+                  f"{row.loop_lag_p50_ms:>9.2f}{row.loop_lag_p99_ms:>9.2f}{row.bypassed:>6}"
+                  f"{row.failed:>5}{row.lost_pct:>7.2f}{row.processing_cpu_pct:>7.2f}"
+                  f"{row.batch_mean_streams:>6.2f}{row.batch_wait_p99_ms:>7.2f}"
+                  f" {row.error}", flush=True)  # fmt: skip
+            time.sleep(1.0)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -327,15 +367,22 @@ def main() -> int:
 
 
 def summarise(rows: list[Row]) -> dict[str, object]:
-    """Enhancement overhead over pass-through (median over N) and the largest clean N."""
+    """Enhancement overhead over pass-through (median over N and repeats; and per N) and
+    the largest clean N."""
     import statistics
 
-    by = {(r.mode, r.streams): r for r in rows if not r.error}
-    ratios = [
-        by[("enhance", n)].cpu_per_stream_pct / by[("passthrough", n)].cpu_per_stream_pct
-        for (mode, n) in by
-        if mode == "enhance" and ("passthrough", n) in by and by[("enhance", n)].bypassed == 0
-    ]
+    by = {(r.mode, r.streams, r.repeat): r for r in rows if not r.error}
+    pairs = {
+        (n, rep): by[key].cpu_per_stream_pct / by[("passthrough", n, rep)].cpu_per_stream_pct
+        for key in by
+        for (mode, n, rep) in [key]
+        if mode == "enhance" and ("passthrough", n, rep) in by and by[key].bypassed == 0
+    }
+    ratios = list(pairs.values())
+    per_n = {
+        n: statistics.median(v for (m, _), v in pairs.items() if m == n)
+        for n in sorted({n for n, _ in pairs})
+    }
     clean = [r.streams for r in rows if r.mode == "enhance" and not r.error and r.lost_pct < 1.0
              and r.bypassed == 0 and r.failed == 0 and r.frame_p99_ms < 10.0]  # fmt: skip
     # CPU per stream only from points that kept up (bypassed frames cost ~nothing)
@@ -344,6 +391,7 @@ def summarise(rows: list[Row]) -> dict[str, object]:
     if ratios:
         ratio = statistics.median(ratios)
         lines.append(f"enhance / pass-through CPU per stream: median {ratio:.2f}x (target <= 1.5x)")
+        lines.append("  by N: " + ", ".join(f"{n}: {v:.2f}x" for n, v in per_n.items()))
     if enh:
         per_core = 100.0 / statistics.median(enh)
         lines.append(f"enhanced streams per core (100 % / median CPU per stream at clean points): "
@@ -352,7 +400,7 @@ def summarise(rows: list[Row]) -> dict[str, object]:
         f"most enhanced streams without loss/bypass and p99 < 10 ms: {max(clean) if clean else 0}"
     )
     return {"lines": lines, "ratio_median": statistics.median(ratios) if ratios else None,
-            "max_clean_streams": max(clean) if clean else 0}  # fmt: skip
+            "ratio_by_streams": per_n, "max_clean_streams": max(clean) if clean else 0}  # fmt: skip
 
 
 if __name__ == "__main__":

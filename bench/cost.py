@@ -13,6 +13,9 @@ last column is each median over RNNoise's.
 
 Rows "20 ms packets" run Enhancer.process_frames on two frames at once, as the
 service does with each 20 ms Opus packet; costs are still per 10 ms of audio.
+Rows "N streams batched" run N streams' packets together, as a service worker does
+(analysis of each, one model run per frame for all of them, synthesis of each);
+their costs are per stream and per 10 ms of audio.
 
 'aiortc pass-through' is the per-stream media work every WebRTC stream costs the
 server anyway: Opus decode + encode of the 20 ms packets, counted per 10 ms.
@@ -35,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from percepnet.constants import FRAME_SIZE, SAMPLE_RATE  # noqa: E402
 from percepnet.enhancer import Enhancer, warm_up  # noqa: E402
 from percepnet.metrics import RNNoiseReference  # noqa: E402
-from percepnet.runtime import OnnxSource, load_model  # noqa: E402
+from percepnet.runtime import OnnxModel, OnnxSource, gains_for_many, load_model  # noqa: E402
 from tests.signals import add_noise, speechlike  # noqa: E402
 
 FRAME_MS = 1000.0 * FRAME_SIZE / SAMPLE_RATE
@@ -53,6 +56,35 @@ def measure(
         step(chunk)
         costs[i] = (time.process_time_ns() - t) / per_call
     return costs
+
+
+def batched_streams(model: OnnxModel, n: int) -> Callable[[np.ndarray], object]:
+    """n streams, each fed the same packet, through one model run per frame."""
+    enhancers = [Enhancer(OnnxSource(model)) for _ in range(n)]
+
+    def step(chunk: np.ndarray) -> object:
+        x = chunk.reshape(-1)
+        blocks = [e.analyse_frames(x) for e in enhancers]
+        results = gains_for_many([e.source for e in enhancers], blocks)
+        outs = []
+        for e, b, res in zip(enhancers, blocks, results, strict=True):
+            assert not isinstance(res, Exception)
+            outs.append(e.synthesise_frames(b, *res))
+        return outs
+
+    return step
+
+
+def model_batch(model: OnnxModel, n: int) -> Callable[[np.ndarray], object]:
+    """One model frame for n streams in one run."""
+    states = [model.initial_state() for _ in range(n)]
+    feats = np.zeros((n, 70), np.float32)
+
+    def step(_chunk: np.ndarray) -> object:
+        _, _, states[:] = model.step_many(feats, states)
+        return None
+
+    return step
 
 
 def opus_passthrough() -> Callable[[np.ndarray], object]:
@@ -94,11 +126,12 @@ def main() -> int:
     frames = x[: len(x) // (2 * FRAME_SIZE) * 2 * FRAME_SIZE].reshape(-1, FRAME_SIZE)
 
     warm_up()  # compiled kernels: loaded (or compiled) before anything is timed
-    systems: list[tuple[str, Callable[[np.ndarray], object], int]] = []
+    # (name, step, frames per call, streams per call)
+    systems: list[tuple[str, Callable[[np.ndarray], object], int, int]] = []
     dsp, dsp2 = Enhancer(), Enhancer()
-    systems.append(("PercepNet DSP alone (unity gains)", lambda f: dsp.process(f[0]), 1))
+    systems.append(("PercepNet DSP alone (unity gains)", lambda f: dsp.process(f[0]), 1, 1))
     systems.append(
-        ("PercepNet DSP alone, 20 ms packets", lambda f: dsp2.process_frames(f.reshape(-1)), 2)
+        ("PercepNet DSP alone, 20 ms packets", lambda f: dsp2.process_frames(f.reshape(-1)), 2, 1)
     )
     for label, path in (
         ("PercepNet DSP + int8 model", args.model),
@@ -107,30 +140,27 @@ def main() -> int:
         if not Path(path).exists():
             continue
         enh = Enhancer(OnnxSource(load_model(path)))
-        systems.append((label, lambda f, e=enh: e.process(f[0]), 1))
+        systems.append((label, lambda f, e=enh: e.process(f[0]), 1, 1))
         enh2 = Enhancer(OnnxSource(load_model(path)))
         systems.append(
-            (label + ", 20 ms packets", lambda f, e=enh2: e.process_frames(f.reshape(-1)), 2)
+            (label + ", 20 ms packets", lambda f, e=enh2: e.process_frames(f.reshape(-1)), 2, 1)
         )
         model = load_model(path)
-        state = [model.initial_state()]
-        feats = np.zeros((1, 70), np.float32)
-
-        def model_only(_f: np.ndarray, m=model, s=state, feats=feats) -> None:
-            _, _, s[0] = m.step(feats, s[0])
-
-        systems.append((label.replace("PercepNet DSP + ", "model alone: "), model_only, 1))
+        systems.append((label + ", 4 streams batched", batched_streams(model, 4), 2, 4))
+        short = label.replace("PercepNet DSP + ", "model alone: ")
+        systems.append((short, model_batch(model, 1), 1, 1))
+        systems.append((short + ", 4 streams batched", model_batch(model, 4), 1, 4))
     rn = RNNoiseReference()
-    systems.append(("RNNoise (pyrnnoise, per frame)", lambda f: rn.process_frame(f[0]), 1))
-    systems.append(("aiortc pass-through (Opus dec+enc)", opus_passthrough(), 2))
+    systems.append(("RNNoise (pyrnnoise, per frame)", lambda f: rn.process_frame(f[0]), 1, 1))
+    systems.append(("aiortc pass-through (Opus dec+enc)", opus_passthrough(), 2, 1))
 
     # Interleaved in blocks of 1 s of audio: a change in the machine's speed during the
     # run (frequent here) hits every system alike, so the ratios hold.
-    costs: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in systems}
+    costs: dict[str, list[np.ndarray]] = {name: [] for name, _, _, _ in systems}
     for start in range(0, len(frames), BLOCK_FRAMES):
         block = frames[start : start + BLOCK_FRAMES]
-        for name, step, per_call in systems:
-            costs[name].append(measure(step, block, per_call))
+        for name, step, per_call, streams in systems:
+            costs[name].append(measure(step, block, per_call) / streams)
     rows = [(name, np.concatenate(parts)) for name, parts in costs.items()]
     reference = float(np.median(np.concatenate(costs["RNNoise (pyrnnoise, per frame)"])))
 

@@ -4,10 +4,14 @@ A runner's `run(processor, x, late)` returns the processed packet. The batched
 runner (the default) holds an enhancing stream's packet for at most `window_s`,
 so that the packets of several streams go through the model in one run per
 frame: the weights are then read once for all of them instead of once per stream,
-and the model's per-stream CPU falls (bench/bench_service.py measures it). It does
-not wait at all when every stream that sent audio recently already has a packet
-in: with one active stream, or streams whose packets arrive together, the added
-delay is zero. Pass-through streams never wait.
+and the model's per-stream CPU falls (bench/bench_service.py measures it).
+
+It waits only for streams it expects within the window. Each stream's packets
+arrive at a steady period (20 ms for Opus) and phase, so its next arrival is its
+last one plus its period; a packet is held while some active stream is due
+before the window closes, and runs at once when none is (one stream alone, or
+streams whose phases are further apart than the window, never wait). Pass-through
+streams never wait.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,6 +33,13 @@ FloatArray = npt.NDArray[np.float64]
 
 RECENT_S = 0.1
 """A stream that submitted a packet this recently is expected to submit the next one."""
+DEFAULT_PERIOD_S = 0.02
+"""Packet period assumed until a stream's own is measured (Opus: 20 ms)."""
+PERIOD_RANGE_S = (0.005, 0.1)
+PERIOD_SMOOTHING = 0.1
+"""Weight of a new inter-arrival time in a stream's period estimate."""
+DUE_SLACK_S = 0.002
+"""A stream this late for its predicted arrival still counts as due (network jitter)."""
 
 
 class InlineRunner:
@@ -55,6 +67,25 @@ class ThreadRunner:
 
 
 @dataclass
+class _Arrivals:
+    last: float
+    period: float = DEFAULT_PERIOD_S
+
+    def update(self, now: float) -> None:
+        lo, hi = PERIOD_RANGE_S
+        interval = min(max(now - self.last, lo), hi)
+        self.period += PERIOD_SMOOTHING * (interval - self.period)
+        self.last = now
+
+    def due(self, now: float, until: float) -> bool:
+        """Recently active and its next packet predicted between now (less the slack)
+        and `until`."""
+        if now - self.last > RECENT_S:
+            return False
+        return now - DUE_SLACK_S <= self.last + self.period <= until
+
+
+@dataclass
 class _Waiting:
     processor: StreamProcessor
     x: FloatArray
@@ -66,12 +97,20 @@ class _Waiting:
 class BatchRunner:
     """Packets of a worker's enhancing streams, processed together (see the module doc).
 
-    A batch is run when every recently active stream has a packet in, when it holds
-    `max_streams` packets, or `window_s` after its first packet, whichever comes
-    first. It runs on the event loop, like InlineRunner.
+    A batch is run when no stream without a packet in is due before the window
+    closes, when it holds `max_streams` packets, or `window_s` after its first
+    packet, whichever comes first. It runs on the event loop, like InlineRunner.
+    `clock` is for tests.
     """
 
-    def __init__(self, metrics: Metrics, *, window_s: float, max_streams: int = 32) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        window_s: float,
+        max_streams: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if window_s < 0 or max_streams < 1:
             raise ValueError(f"bad batch settings: window {window_s} s, {max_streams} streams")
         self.metrics = metrics
@@ -79,28 +118,40 @@ class BatchRunner:
         self.max_streams = max_streams
         self._waiting: list[_Waiting] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._seen: weakref.WeakKeyDictionary[StreamProcessor, float] = weakref.WeakKeyDictionary()
+        self.clock = clock
+        self._arrivals: weakref.WeakKeyDictionary[StreamProcessor, _Arrivals] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
         if processor.enhancer is None or late:  # nothing for the model: no reason to wait
-            self._seen.pop(processor, None)
+            self._arrivals.pop(processor, None)
             return processor.process(x, late)
         if any(w.processor is processor for w in self._waiting):
             self._flush()  # a second packet of one stream: the first goes now
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        self._seen[processor] = now
+        now = self.clock()
+        arrivals = self._arrivals.get(processor)
+        if arrivals is None:
+            self._arrivals[processor] = _Arrivals(last=now)
+        else:
+            arrivals.update(now)
         future: asyncio.Future[FloatArray] = loop.create_future()
         self._waiting.append(_Waiting(processor, x, late, future, now))
-        if len(self._waiting) >= min(self.max_streams, self._expected(now)):
+        closes = self._waiting[0].since + self.window_s
+        if len(self._waiting) >= self.max_streams or not self._anyone_due(now, closes):
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._flush)
+            self._timer = loop.call_later(max(0.0, closes - now), self._flush)
         return await future
 
-    def _expected(self, now: float) -> int:
-        """Streams that sent a packet within RECENT_S: the batch is full with all of them."""
-        return sum(1 for seen in self._seen.values() if now - seen <= RECENT_S)
+    def _anyone_due(self, now: float, until: float) -> bool:
+        """Whether a stream with no packet in is expected before `until`."""
+        waiting = {id(w.processor) for w in self._waiting}
+        return any(
+            id(proc) not in waiting and arrivals.due(now, until)
+            for proc, arrivals in self._arrivals.items()
+        )
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -110,9 +161,9 @@ class BatchRunner:
         self._waiting = []
         if not batch:
             return
-        now = time.monotonic()
+        now = self.clock()
         for w in batch:
-            self.metrics.batch_wait.observe(now - w.since)
+            self.metrics.batch_wait.observe(max(0.0, now - w.since))
         self.metrics.batch_streams.observe(len(batch))
         try:
             outs = process_many([(w.processor, w.x, w.late) for w in batch])

@@ -111,37 +111,78 @@ def hist(metrics: Metrics, name: str) -> tuple[float, float]:
     return count, total
 
 
+class Clock:
+    """Packet arrival times for the runner, set by the test (its timer runs in real time)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 async def test_runner_batches_streams_whose_packets_arrive_together() -> None:
     metrics = Metrics()
     procs = processors(3, INT8_MODEL, metrics)
-    runner = BatchRunner(metrics, window_s=0.05)
+    clock = Clock()
+    runner = BatchRunner(metrics, window_s=1.0, clock=clock)
     x = signals(1)[0]
-    # the first packets make the runner see three active streams
+    # the first packets teach the runner the three streams' arrival times
     await asyncio.gather(*(runner.run(p, x[:PACKET], False) for p in procs))
     count0, streams0 = hist(metrics, "percepnet_batch_streams")
     for i in range(1, 11):
+        clock.t += 0.02
         chunk = x[i * PACKET : (i + 1) * PACKET]
         start = time.perf_counter()
         outs = await asyncio.gather(*(runner.run(p, chunk, False) for p in procs))
-        # all three streams were in: the batch ran without waiting for the window
-        assert time.perf_counter() - start < 0.04
+        # the last stream in completes the batch: nobody waits for the 1 s window
+        assert time.perf_counter() - start < 0.5
         assert all(len(y) == PACKET for y in outs)
     count, streams = hist(metrics, "percepnet_batch_streams")
     assert count - count0 == 10 and streams - streams0 == 30
     assert all(p.stats.frames_processed == 22 for p in procs)
 
 
+async def test_streams_out_of_phase_by_more_than_the_window_do_not_wait() -> None:
+    metrics = Metrics()
+    a, b = processors(2, INT8_MODEL, metrics)
+    clock = Clock()
+    runner = BatchRunner(metrics, window_s=0.004, clock=clock)
+    chunk = signals(1)[0][:PACKET]
+    start = time.perf_counter()
+    for _ in range(10):  # a at 0 ms, b at 10 ms, every 20 ms
+        await runner.run(a, chunk, False)
+        clock.t += 0.010
+        await runner.run(b, chunk, False)
+        clock.t += 0.010
+    # each ran at once: b is not due within a's 4 ms window, nor a within b's
+    assert time.perf_counter() - start < 10 * 0.004
+    assert hist(metrics, "percepnet_batch_streams") == (20, 20)
+    # 2 ms apart, inside the window: they run together, the first waiting for the second
+    runner = BatchRunner(metrics, window_s=0.004, clock=clock)
+    for _ in range(3):
+        clock.t += 0.018
+        first = asyncio.create_task(runner.run(a, chunk, False))
+        await asyncio.sleep(0)
+        clock.t += 0.002
+        await runner.run(b, chunk, False)
+        await first
+    # the first round meets b unannounced (alone, alone), then two batches of two
+    count, streams = hist(metrics, "percepnet_batch_streams")
+    assert (count - 20, streams - 20) == (4, 6)
+
+
 async def test_single_stream_never_waits_and_output_is_unchanged() -> None:
     metrics = Metrics()
     batched, inline = processors(2, INT8_MODEL, metrics)
-    runner = BatchRunner(metrics, window_s=0.05)
+    runner = BatchRunner(metrics, window_s=1.0)
     x = signals(1)[0]
+    start = time.perf_counter()
     for i in range(len(x) // PACKET):
         chunk = x[i * PACKET : (i + 1) * PACKET]
-        start = time.perf_counter()
         y = await runner.run(batched, chunk, False)
-        assert time.perf_counter() - start < 0.04
         np.testing.assert_allclose(y, inline.process(chunk, False), atol=1e-9)
+    assert time.perf_counter() - start < 1.0  # never held for the 1 s window
     assert (
         metrics.registry.get_sample_value("percepnet_batch_wait_seconds_bucket", {"le": "0.0005"})
         == hist(metrics, "percepnet_batch_wait_seconds")[0]
@@ -152,15 +193,18 @@ async def test_a_silent_stream_holds_others_for_one_window_at_most() -> None:
     metrics = Metrics()
     a, b = processors(2, INT8_MODEL, metrics)
     window = 0.03
-    runner = BatchRunner(metrics, window_s=window)
+    clock = Clock()
+    runner = BatchRunner(metrics, window_s=window, clock=clock)
     chunk = signals(1)[0][:PACKET]
-    await asyncio.gather(runner.run(a, chunk, False), runner.run(b, chunk, False))
-    # b stops sending: a waits for it for one window, until b is no longer recent
+    await runner.run(a, chunk, False)
+    await runner.run(b, chunk, False)
+    # b stops sending: a waits for it for one window, while b is still due
+    clock.t += 0.02
     start = time.perf_counter()
     await runner.run(a, chunk, False)
     waited = time.perf_counter() - start
-    assert window * 0.8 <= waited < window + 0.03, waited
-    await asyncio.sleep(RECENT_S)
+    assert window * 0.8 <= waited < window + 0.5, waited
+    clock.t += RECENT_S  # b is no longer active: a runs at once
     start = time.perf_counter()
     await runner.run(a, chunk, False)
     assert time.perf_counter() - start < window * 0.5
@@ -169,11 +213,14 @@ async def test_a_silent_stream_holds_others_for_one_window_at_most() -> None:
 async def test_cancelled_packet_is_dropped_and_the_rest_of_the_batch_runs() -> None:
     metrics = Metrics()
     a, b, c = processors(3, INT8_MODEL, metrics)
-    runner = BatchRunner(metrics, window_s=0.05)
+    clock = Clock()
+    runner = BatchRunner(metrics, window_s=1.0, clock=clock)
     chunk = signals(1)[0][:PACKET]
-    await asyncio.gather(*(runner.run(p, chunk, False) for p in (a, b, c)))  # all recent
+    for p in (a, b, c):
+        await runner.run(p, chunk, False)
+    clock.t += 0.02
     gone = asyncio.create_task(runner.run(a, chunk, False))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a waits: b and c are due
     gone.cancel()  # the peer vanished while its packet waited
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -204,7 +251,8 @@ async def test_failed_gains_pass_the_packet_through_and_the_stream_goes_on() -> 
     model = OnnxModel(INT8_MODEL)
     bad = StreamProcessor(Enhancer(Failing()), metrics, StreamStats())
     good = StreamProcessor(Enhancer(OnnxSource(model)), metrics, StreamStats())
-    runner = BatchRunner(metrics, window_s=0.05)
+    clock = Clock()
+    runner = BatchRunner(metrics, window_s=1.0, clock=clock)
     x = signals(1)[0]
     outs: list[np.ndarray] = []
     for i in range(6):

@@ -73,6 +73,11 @@ class Served:
 
     async def metric(self, name: str, **labels: str) -> float:
         _, text, _ = await self.request("GET", "/metrics")
+        return self.read_metric(text, name, **labels)
+
+    @staticmethod
+    def read_metric(text: str, name: str, **labels: str) -> float:
+        """Sum of the series `name` with these labels in one /metrics scrape."""
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         total = 0.0
         found = False
@@ -210,6 +215,35 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         await enhanced.close()
         await baseline.close()
         assert srv.manager.active == 0
+
+
+async def test_streams_share_batches_and_each_gets_its_own_audio() -> None:
+    clips = [speech_like(1.5, seed=s) for s in (21, 22, 23)]
+    async with serve(fixed_gain_enhancer, batch_window_ms=20.0) as srv:
+        peers = [await ClientPeer.connect(srv.url, ClipTrack(c)) for c in clips]
+        async with asyncio.timeout(30):
+            for p in peers:
+                await p.wait_received(1.5 + 0.3)
+        _, text, _ = await srv.request("GET", "/metrics")  # one scrape: consistent counts
+        runs = srv.read_metric(text, "percepnet_batch_streams_count")
+        packets = srv.read_metric(text, "percepnet_batch_streams_sum")
+        # three streams, each due within the 20 ms window of the others: they go together
+        assert runs > 0 and packets / runs > 1.5, (runs, packets)
+        # and none waited much past the window (the timer may fire a little late)
+        waited = srv.read_metric(text, "percepnet_batch_wait_seconds_count")
+        in_window = srv.read_metric(text, "percepnet_batch_wait_seconds_bucket", le="0.02")
+        assert waited == packets and in_window >= 0.95 * waited, (waited, in_window)
+        for i, (peer, clip) in enumerate(zip(peers, clips, strict=True)):
+            out = peer.received_audio()
+            r, s = aligned(out, clip, lag_of(out, clip))
+            assert rms_db(r) - rms_db(s) == pytest.approx(GAIN_DB, abs=1.5)  # the fixed gain
+            # its own clip came back, not a neighbour's: its envelope follows its clip's
+            env = envelope_db(r)
+            corr = [
+                float(np.corrcoef(env, envelope_db(c[: len(r)])[: len(env)])[0, 1]) for c in clips
+            ]
+            assert corr[i] > 0.95 and corr[i] == max(corr), corr
+            await peer.close()
 
 
 async def test_controls_over_data_channel_and_http_and_garbage_ignored() -> None:

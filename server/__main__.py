@@ -20,6 +20,7 @@ from percepnet.enhancer import Enhancer, warm_up
 from percepnet.runtime import ModelError, load_enhancer_factory
 from server.app import MANAGER_KEY, create_app
 from server.config import Config, ConfigError, load_config
+from server.gcwatch import freeze_startup_heap
 
 log = logging.getLogger("server")
 
@@ -55,6 +56,9 @@ async def serve_worker(
         site = web.UnixSite(runner, str(unix_path))
     else:
         site = web.TCPSite(runner, config.host, config.port)
+    # Everything is loaded and warmed: exempt it from the collector, so no full
+    # collection stalls the streams' event loop (server/gcwatch.py).
+    log.info("worker %d: %d start-up objects frozen", worker_index, freeze_startup_heap())
     await site.start()
     log.info("worker %d listening on %s", worker_index, site.name)
     stop = asyncio.Event()

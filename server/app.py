@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from percepnet.enhancer import Enhancer
 from server import aiortc_speedups, rtp
 from server.config import Config
+from server.gcwatch import GcMonitor
 from server.httputil import read_text
 from server.metrics import Metrics
 from server.session import (
@@ -307,12 +308,15 @@ def create_app(
     app[METRICS_KEY] = app_metrics
     app[MANAGER_KEY] = manager
     app[LAG_KEY] = LoopLagMonitor(app_metrics)
+    gc_monitor = GcMonitor(app_metrics.gc_pause)
 
     async def lifecycle(app: web.Application) -> Any:
         await app[LAG_KEY].start()
+        gc_monitor.start()
         await app[MANAGER_KEY].start()
         yield
         await app[MANAGER_KEY].stop()
+        gc_monitor.stop()
         await app[LAG_KEY].stop()
 
     app.cleanup_ctx.append(lifecycle)

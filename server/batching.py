@@ -40,6 +40,8 @@ PERIOD_SMOOTHING = 0.1
 """Weight of a new inter-arrival time in a stream's period estimate."""
 DUE_SLACK_S = 0.002
 """A stream this late for its predicted arrival still counts as due (network jitter)."""
+WAIT_SMOOTHING = 0.1
+"""Weight of a packet's wait in its stream's smoothed batch wait (its added latency)."""
 
 
 class InlineRunner:
@@ -163,7 +165,10 @@ class BatchRunner:
             return
         now = self.clock()
         for w in batch:
-            self.metrics.batch_wait.observe(max(0.0, now - w.since))
+            wait = max(0.0, now - w.since)
+            self.metrics.batch_wait.observe(wait)
+            stats = w.processor.stats
+            stats.batch_wait_ms += WAIT_SMOOTHING * (1e3 * wait - stats.batch_wait_ms)
         self.metrics.batch_streams.observe(len(batch))
         try:
             outs = process_many([(w.processor, w.x, w.late) for w in batch])

@@ -17,6 +17,8 @@ FRAME_BUCKETS = (
 # How long a packet waited for others to join its model batch (seconds).
 BATCH_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# Garbage-collection pauses (seconds): a frozen start-up heap keeps them under 1 ms.
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 # Event-loop lag: how late a periodic wake-up ran (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -56,6 +58,13 @@ class Metrics:
             buckets=BATCH_WAIT_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "percepnet_gc_pause_seconds",
+            "Duration of each Python garbage collection (the event loop stalls for it)",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
         self.batch_streams = Histogram(
             "percepnet_batch_streams",
             "Streams whose packets went through the model together, per batch",
@@ -64,7 +73,8 @@ class Metrics:
         )
         self.added_latency = Gauge(
             "percepnet_added_latency_seconds",
-            "Delay the enhancer adds to the audio (algorithmic + buffering), last stream set",
+            "Delay the service adds to the audio (algorithmic + buffering + batch wait): "
+            "the largest of the worker's enhancing streams",
             registry=r,
         )
         self.loop_lag = Histogram(

@@ -28,7 +28,6 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
-from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
@@ -150,7 +149,7 @@ class Session:
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
         d = self.enhancer.diagnostics if self.enhancer is not None else None
-        latency = self.processor.latency_samples if self.processor is not None else 0
+        latency_s = self.processor.added_latency_s if self.processor is not None else 0.0
         return {
             "id": self.id,
             "kind": self.kind,
@@ -160,7 +159,8 @@ class Session:
             "attenuation_limit_db": self.controls.attenuation_limit_db,
             "voice_activity": round(d.voice_activity, 4) if d else None,
             "mean_gain": round(d.mean_gain, 4) if d else None,
-            "added_latency_ms": 1e3 * latency / SAMPLE_RATE,
+            "added_latency_ms": round(1e3 * latency_s, 2),
+            "batch_wait_ms": round(s.batch_wait_ms, 2),
             "frames_processed": s.frames_processed,
             "frames_bypassed": s.frames_bypassed,
             "frames_failed": s.frames_failed,
@@ -326,7 +326,7 @@ class SessionManager:
         self.metrics.active_streams.set(self.active)
         self.metrics.stream_started(sid)
         if session.processor is not None:
-            self.metrics.added_latency.set(session.processor.latency_samples / SAMPLE_RATE)
+            self.metrics.added_latency.set(session.processor.added_latency_s)
         log.info("session %s (%s, %s) started; %d active", sid, kind, mode, self.active)
         return session
 
@@ -426,11 +426,16 @@ class SessionManager:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            latencies = [0.0]
             for session in list(self.sessions.values()):
                 try:
                     self._tick_session(session, now)
+                    if session.processor is not None and session.enhancer is not None:
+                        latencies.append(session.processor.added_latency_s)
                 except Exception:
                     log.exception("stats for %s", session.id)
+            if len(latencies) > 1:
+                self.metrics.added_latency.set(max(latencies))
 
     def _tick_session(self, session: Session, now: float) -> None:
         s = session.stats

@@ -62,6 +62,7 @@ class StreamStats:
     level_out_db: float = -120.0
     backlog_ms: float = 0.0
     padding_samples: int = 0
+    batch_wait_ms: float = 0.0  # smoothed wait for a model batch (BatchRunner), per packet
 
 
 def level_db(x: FloatArray) -> float:
@@ -141,8 +142,14 @@ class StreamProcessor:
 
     @property
     def latency_samples(self) -> int:
+        """Delay of the output in samples: algorithmic plus any alignment padding."""
         base = LATENCY_SAMPLES if self.enhancer is not None else 0
         return base + self.stats.padding_samples
+
+    @property
+    def added_latency_s(self) -> float:
+        """Everything the service adds: latency_samples plus the wait for a model batch."""
+        return self.latency_samples / SAMPLE_RATE + self.stats.batch_wait_ms / 1e3
 
     def process(self, x: FloatArray, late: bool) -> FloatArray:
         return process_many([(self, x, late)])[0]

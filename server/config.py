@@ -60,7 +60,7 @@ class Config:
     """Where the enhancer runs: on the event loop, each stream's packets batched with the
     other streams' for the model (batch, the cheapest), one by one (inline), or in one
     thread (thread)."""
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 20.0
     """batch: the longest a packet waits for other streams' packets to share its model run."""
     frame_deadline_ms: float = 60.0
     """A frame with more than this much audio queued behind it passes through."""
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-window-ms",
         type=float,
-        help="batch: longest wait for other streams to share a model run (5)",
+        help="batch: longest wait for other streams to share a model run (20; 0: "
+        "only packets that arrive together)",
     )
     p.add_argument(
         "--frame-deadline-ms",

@@ -47,7 +47,7 @@ def test_flags_override_environment_override_defaults() -> None:
     assert config.auth_token == "from-env"
     assert config.model == Path("/m.onnx")
     assert config.host == "0.0.0.0" and config.offload == "batch"  # defaults
-    assert config.batch_window_ms == 5.0
+    assert config.batch_window_ms == 20.0
     assert config.ice_servers == (
         IceServer("stun:stun.local:3478"),
         IceServer("turn:turn.local:3478", "u", "p"),

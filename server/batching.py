@@ -6,8 +6,7 @@ so that the packets of several streams go through the model in one run per
 frame: the weights are then read once for all of them instead of once per stream,
 and the model's per-stream CPU falls (bench/bench_service.py measures it).
 
-It waits only for streams it expects within the window, and never holds a stream
-that already has packets queued behind the one it submits. Each stream's packets
+It waits only for streams it expects within the window. Each stream's packets
 arrive at a steady period (20 ms for Opus) and phase, so its next arrival is its
 last one plus its period; a packet is held while some active stream is due
 before the window closes, and runs at once when none is (one stream alone, or
@@ -48,9 +47,7 @@ WAIT_SMOOTHING = 0.1
 class InlineRunner:
     """On the event loop, one packet at a time (no added delay)."""
 
-    async def run(
-        self, processor: StreamProcessor, x: FloatArray, late: bool, behind: bool = False
-    ) -> FloatArray:
+    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
         return processor.process(x, late)
 
     def close(self) -> None:
@@ -63,9 +60,7 @@ class ThreadRunner:
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer")
 
-    async def run(
-        self, processor: StreamProcessor, x: FloatArray, late: bool, behind: bool = False
-    ) -> FloatArray:
+    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, processor.process, x, late)
 
@@ -130,12 +125,7 @@ class BatchRunner:
             weakref.WeakKeyDictionary()
         )
 
-    async def run(
-        self, processor: StreamProcessor, x: FloatArray, late: bool, behind: bool = False
-    ) -> FloatArray:
-        """The processed packet. `behind`: the stream has more packets queued behind
-        this one; its batch then runs at once, since holding a stream that is already
-        behind would let its backlog grow until frames pass through."""
+    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
         if processor.enhancer is None or late:  # nothing for the model: no reason to wait
             self._arrivals.pop(processor, None)
             return processor.process(x, late)
@@ -151,8 +141,7 @@ class BatchRunner:
         future: asyncio.Future[FloatArray] = loop.create_future()
         self._waiting.append(_Waiting(processor, x, late, future, now))
         closes = self._waiting[0].since + self.window_s
-        full = len(self._waiting) >= self.max_streams
-        if full or behind or not self._anyone_due(now, closes):
+        if len(self._waiting) >= self.max_streams or not self._anyone_due(now, closes):
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(max(0.0, closes - now), self._flush)

@@ -472,10 +472,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self.counts["concealed_samples"] += conceal
         # Backlog behind this packet, as in the WebRTC track: over the deadline, frames
         # pass through (much cheaper) until we have caught up.
-        queued = self.queue.qsize()
-        late = queued * PACKET_SAMPLES / SAMPLE_RATE > self.deadline_s
+        late = self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE > self.deadline_s
         self.stats.cpu_seconds += time.thread_time() - cpu
-        y = await self.runner.run(self.processor, x, late, behind=queued > 0)
+        y = await self.runner.run(self.processor, x, late)
         cpu = time.thread_time()
         self.stats.packets += 1
         self.stats.level_in_db = level_db(x)

@@ -338,8 +338,7 @@ class EnhancedTrack(MediaStreamTrack):
             frame, pts, time_base = self._resample(frame)
         # Backlog behind this frame: when it exceeds the deadline we are not keeping
         # up, and passing frames through (about 50x cheaper) drains the queue.
-        queued = queued_frames(self.source)
-        backlog_s = queued * frame.samples / SAMPLE_RATE
+        backlog_s = queued_frames(self.source) * frame.samples / SAMPLE_RATE
         self.stats.backlog_ms = 1e3 * backlog_s
         late = backlog_s > self.deadline_s
         x = to_mono(frame)
@@ -347,7 +346,7 @@ class EnhancedTrack(MediaStreamTrack):
         y = (
             self.processor.process(x, late)
             if self.runner is None
-            else await self.runner.run(self.processor, x, late, behind=queued > 0)
+            else await self.runner.run(self.processor, x, late)
         )
         cpu = time.thread_time()
         self.stats.packets += 1

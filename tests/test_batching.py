@@ -172,28 +172,6 @@ async def test_streams_out_of_phase_by_more_than_the_window_do_not_wait() -> Non
     assert (count - 20, streams - 20) == (4, 6)
 
 
-async def test_a_stream_already_behind_is_not_held() -> None:
-    metrics = Metrics()
-    a, b = processors(2, INT8_MODEL, metrics)
-    clock = Clock()
-    runner = BatchRunner(metrics, window_s=1.0, clock=clock)
-    chunk = signals(1)[0][:PACKET]
-    for _ in range(3):  # a then b, 2 ms apart: each learns the other is due
-        clock.t += 0.018
-        first = asyncio.create_task(runner.run(a, chunk, False))
-        await asyncio.sleep(0)
-        clock.t += 0.002
-        await runner.run(b, chunk, False)
-        await first
-    count0, streams0 = hist(metrics, "percepnet_batch_streams")
-    # b is due within a's 1 s window, but a has packets queued: it runs now, alone
-    clock.t += 0.018
-    start = time.perf_counter()
-    y = await runner.run(a, chunk, False, behind=True)
-    assert time.perf_counter() - start < 0.5 and len(y) == PACKET
-    assert hist(metrics, "percepnet_batch_streams") == (count0 + 1, streams0 + 1)
-
-
 async def test_single_stream_never_waits_and_output_is_unchanged() -> None:
     metrics = Metrics()
     batched, inline = processors(2, INT8_MODEL, metrics)

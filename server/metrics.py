@@ -65,6 +65,8 @@ class Metrics:
             buckets=GC_BUCKETS,
             registry=r,
         )
+        for generation in ("0", "1", "2"):  # series from the start, so rate() has a base
+            self.gc_pause.labels(generation)
         self.batch_streams = Histogram(
             "percepnet_batch_streams",
             "Streams whose packets went through the model together, per batch",

@@ -24,26 +24,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cost import batched_streams
 from percepnet.enhancer import warm_up
-from percepnet.runtime import EnhancerFactory, gains_for_many, load_enhancer_factory
+from percepnet.runtime import OnnxModel, load_model
 
 PACKET = 960  # 20 ms at 48 kHz
 PERIOD_S = 0.02
 
 
-def batch_cost(factory: EnhancerFactory, batch: int, packets: int, paced: bool) -> float:
+def batch_cost(model: OnnxModel, batch: int, packets: int, paced: bool) -> float:
     """Median wall seconds per batch of `batch` streams' packets."""
-    enhancers = [factory() for _ in range(batch)]
+    step = batched_streams(model, batch)
     x = np.random.default_rng(0).standard_normal(PACKET * 200) * 0.05
     times = []
     for i in range(packets):
         p = x[(i % 200) * PACKET : (i % 200 + 1) * PACKET]
         start = time.perf_counter()
-        frames = [e.analyse_frames(p) for e in enhancers]
-        gains = gains_for_many([e.source for e in enhancers], frames)
-        for e, f, result in zip(enhancers, frames, gains, strict=True):
-            assert not isinstance(result, Exception)
-            e.synthesise_frames(f, *result)
+        step(p)
         times.append(time.perf_counter() - start)
         if paced:
             time.sleep(PERIOD_S)
@@ -55,12 +52,12 @@ def main() -> int:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--packets", type=int, default=150)
     args = ap.parse_args()
-    factory = load_enhancer_factory()
-    warm_up(factory)
+    model = load_model()
+    warm_up()
     print("B  | back to back: ms/stream-packet | paced 20 ms: ms/stream-packet, % core/stream")
     for b in (int(s) for s in args.batches.split(",")):
-        tight = batch_cost(factory, b, args.packets, paced=False) / b
-        paced = batch_cost(factory, b, args.packets, paced=True) / b
+        tight = batch_cost(model, b, args.packets, paced=False) / b
+        paced = batch_cost(model, b, args.packets, paced=True) / b
         print(f"{b:<3}| {1e3 * tight:30.3f} | {1e3 * paced:10.3f}, {100 * paced / PERIOD_S:5.2f} %")
     return 0
 

@@ -245,19 +245,18 @@ def run_point(
         failed=int(delta(m0, m1, 'percepnet_frames_total{outcome="failed"}')),
         lost_pct=100.0 * max(0.0, 1.0 - received / expected) if expected else float("nan"),
         processing_cpu_pct=100.0 * stream_cpu_delta(m0, m1) / wall / n,
-        batch_mean_streams=delta(m0, m1, "percepnet_batch_streams_sum")
-        / max(delta(m0, m1, "percepnet_batch_streams_count"), 1e-9)
-        if delta(m0, m1, "percepnet_batch_streams_count")
-        else float("nan"),
+        batch_mean_streams=histogram_mean(m0, m1, "percepnet_batch_streams"),
         batch_wait_p99_ms=1e3 * quantile(m0, m1, "percepnet_batch_wait_seconds", 0.99),
-        batch_wait_mean_ms=1e3
-        * delta(m0, m1, "percepnet_batch_wait_seconds_sum")
-        / max(delta(m0, m1, "percepnet_batch_wait_seconds_count"), 1e-9)
-        if delta(m0, m1, "percepnet_batch_wait_seconds_count")
-        else float("nan"),
+        batch_wait_mean_ms=1e3 * histogram_mean(m0, m1, "percepnet_batch_wait_seconds"),
         gc_pauses_over_10ms=int(gc_pauses_over(m0, m1, 0.01)),
         error="; ".join(errors),
     )
+
+
+def histogram_mean(before: dict[str, float], after: dict[str, float], metric: str) -> float:
+    """Mean of a histogram's observations between two scrapes (nan if none)."""
+    count = delta(before, after, metric + "_count")
+    return delta(before, after, metric + "_sum") / count if count else float("nan")
 
 
 def gc_pauses_over(before: dict[str, float], after: dict[str, float], seconds: float) -> float:

@@ -426,7 +426,7 @@ class SessionManager:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            latencies = [0.0]
+            latencies = []
             for session in list(self.sessions.values()):
                 try:
                     self._tick_session(session, now)
@@ -434,7 +434,7 @@ class SessionManager:
                         latencies.append(session.processor.added_latency_s)
                 except Exception:
                     log.exception("stats for %s", session.id)
-            if len(latencies) > 1:
+            if latencies:
                 self.metrics.added_latency.set(max(latencies))
 
     def _tick_session(self, session: Session, now: float) -> None:

@@ -126,9 +126,13 @@ def client_main(
     seed: int,
     conn: multiprocessing.connection.Connection,
     cpus: set[int] | None = None,
+    inline_codecs: bool = True,
 ) -> None:
+    from server import aiortc_speedups
+
     if cpus:
         os.sched_setaffinity(0, cpus)
+    aiortc_speedups.install(inline_codecs=inline_codecs)
     asyncio.run(_client(url, n, mode, seed, conn))
 
 
@@ -192,6 +196,7 @@ def run_point(
     seconds: float,
     clients: int,
     client_cpus: set[int] | None = None,
+    inline_codecs: bool = True,
 ) -> Row:
     ctx = multiprocessing.get_context("spawn")
     k = max(1, min(clients, n))
@@ -199,7 +204,10 @@ def run_point(
     pipes, procs = [], []
     for i, share in enumerate(shares):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=client_main, args=(url, share, mode, 10 * i, child, client_cpus))
+        proc = ctx.Process(
+            target=client_main,
+            args=(url, share, mode, 10 * i, child, client_cpus, inline_codecs),
+        )
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -310,6 +318,18 @@ def main() -> int:
         help="server on core 0, clients on the other cores (--workers 1): the server's core "
         "does nothing else, so 'streams held' measures one core",
     )
+    ap.add_argument(
+        "--inline-codecs",
+        choices=["on", "off"],
+        default="on",
+        help="server and clients: Opus on the event loop (on) or in aiortc's threads",
+    )
+    ap.add_argument(
+        "--opus-complexity",
+        type=int,
+        default=Config.opus_complexity,
+        help="the server's Opus encoder complexity (clients keep aiortc's 10)",
+    )
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
 
@@ -321,6 +341,8 @@ def main() -> int:
     cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(args.workers), "--max-streams", "256", "--offload", args.offload,
            "--batch-window-ms", str(args.batch_window_ms),
+           "--inline-codecs", args.inline_codecs,
+           "--opus-complexity", str(args.opus_complexity),
            "--log-level", "WARNING"]  # fmt: skip
     cmd += ["--model", str(model)] if model.exists() else ["--unity-gains"]
     enhancer = str(model) if model.exists() else "unity gains (no model)"
@@ -361,7 +383,10 @@ def main() -> int:
             for n in args.streams.split(",")
             for mode in args.modes.split(",")
         ):
-            row = run_point(url, server.pid, mode, n, args.seconds, args.clients, client_cpus)
+            row = run_point(
+                url, server.pid, mode, n, args.seconds, args.clients, client_cpus,
+                inline_codecs=args.inline_codecs == "on",
+            )  # fmt: skip
             row.repeat = rep
             rows.append(row)
             print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"

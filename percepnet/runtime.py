@@ -116,20 +116,35 @@ class OnnxModel:
                 np.concatenate([r for _, r, _ in steps]),
                 [st for _, _, st in steps],
             )
-        axes = self.batch_axes
-        feed = {INPUT_FEATURES: features}
-        for n, ax in axes.items():
-            feed[n] = np.concatenate([st[n] for st in states], axis=ax)
-        outs = self.session.run(self.output_names, feed)
-        split = {
-            n: np.split(outs[2 + i], len(states), axis=axes[n])
-            for i, n in enumerate(self.state_names)
+        g, r, joined = self.step(features, self.stack(states))
+        return g, r, self.unstack(joined, len(states))
+
+    def stack(self, states: Sequence[State]) -> State:
+        """B streams' states as one state of B streams (joined on each stream axis)."""
+        if self.batch_axes is None:
+            raise ModelError(f"{self.path} runs one stream at a time")
+        if len(states) == 1:
+            return states[0]
+        return {
+            n: np.concatenate([st[n] for st in states], axis=ax)
+            for n, ax in self.batch_axes.items()
         }
-        new_states = [
-            {n: np.ascontiguousarray(split[n][b]) for n in self.state_names}
-            for b in range(len(states))
-        ]
-        return outs[0], outs[1], new_states
+
+    def unstack(self, state: State, count: int) -> list[State]:
+        """stack's inverse: `count` one-stream states, slices of `state` (no copy along a
+        leading stream axis). The run's outputs are fresh arrays, so nothing aliases."""
+        if self.batch_axes is None:
+            raise ModelError(f"{self.path} runs one stream at a time")
+        if count == 1:
+            return [state]
+        out: list[State] = [{} for _ in range(count)]
+        for n, ax in self.batch_axes.items():
+            tensor = state[n]
+            index: list[slice] = [slice(None)] * tensor.ndim
+            for b in range(count):
+                index[ax] = slice(b, b + 1)
+                out[b][n] = np.ascontiguousarray(tensor[tuple(index)])
+        return out
 
 
 class OnnxSource:
@@ -183,18 +198,40 @@ def gains_for_many(
 def _advance_together(
     members: list[tuple[int, OnnxSource]], blocks: list[Frames]
 ) -> dict[int, GainPair]:
-    """Gains of sources sharing one model: one run per frame index for all of them."""
+    """Gains of sources sharing one model: one run per frame index for all of them.
+
+    While the same streams run frame after frame (the usual case: every stream brings
+    the same number of frames), their state stays joined between runs and is split
+    back into the sources once, at the end.
+    """
     model = members[0][1].model
     feats = [b.features.astype(np.float32) for b in blocks]
     gains = [np.empty((len(f), NB_BANDS)) for f in feats]
     strengths = [np.empty((len(f), NB_BANDS)) for f in feats]
+    if model.batch_axes is None:  # a graph of one stream: each source on its own
+        for k, (_, src) in enumerate(members):
+            for t in range(len(feats[k])):
+                g1, r1, src.state = model.step(feats[k][t : t + 1], src.state)
+                gains[k][t], strengths[k][t] = g1[0], r1[0]
+        return {i: (gains[k], strengths[k]) for k, (i, _) in enumerate(members)}
+    joined: State | None = None
+    joined_for: list[int] = []
+
+    def split_back() -> None:
+        if joined is not None:
+            for k, state in zip(joined_for, model.unstack(joined, len(joined_for)), strict=True):
+                members[k][1].state = state
+
     for t in range(max(len(f) for f in feats)):
         active = [k for k, f in enumerate(feats) if len(f) > t]
-        states = [members[k][1].state for k in active]
-        g, r, new = model.step_many(np.stack([feats[k][t] for k in active]), states)
+        if joined is None or active != joined_for:
+            split_back()
+            joined = model.stack([members[k][1].state for k in active])
+            joined_for = active
+        g, r, joined = model.step(np.stack([feats[k][t] for k in active]), joined)
         for j, k in enumerate(active):
-            members[k][1].state = new[j]
             gains[k][t], strengths[k][t] = g[j], r[j]
+    split_back()
     return {i: (gains[k], strengths[k]) for k, (i, _) in enumerate(members)}
 
 

@@ -1,20 +1,48 @@
-"""A vectorised replacement for one hot spot of aiortc, installed by each worker.
+"""Replacements for hot spots of aiortc, installed by each worker (`install`).
 
-aiortc's RTCRtpSender computes the RFC 6465 audio level of every outgoing audio frame
-with `aiortc.rtp.compute_audio_level_dbov`, a pure-Python loop over each sample
-(1920 per 20 ms stereo packet) run on the event loop: measured at about 0.3-0.5 ms
-per packet, a large share of a pass-through stream's CPU, and loop time every peer
-waits for. `numpy_audio_level_dbov` computes the same integer from the same bytes
-(tests/test_server_cli.py checks equality against the original).
+1. The audio level. aiortc's RTCRtpSender computes the RFC 6465 level of every outgoing
+   audio frame with `aiortc.rtp.compute_audio_level_dbov`, a pure-Python loop over each
+   sample (1920 per 20 ms stereo packet) run on the event loop: measured at about
+   0.3-0.5 ms per packet. `numpy_audio_level_dbov` computes the same integer from the same
+   bytes (tests/test_server_cli.py checks equality against the original).
+
+2. The Opus codec threads (`inline_codecs`). aiortc decodes each receiver's audio in a
+   thread of its own and hands every frame back with `run_coroutine_threadsafe`, and
+   encodes each sender's frames in the loop's default executor. For 20 ms of Opus
+   audio the codec work is tens of microseconds; the hand-offs (queue condition
+   variables, a self-pipe write to wake the loop, GIL switches between threads that share
+   one core anyway) cost more than the work. With inline codecs, an audio receiver
+   decodes in the event loop as each frame completes, and an audio sender encodes in
+   the event loop. Video is left as aiortc has it. Both hooks use private attributes of
+   aiortc, so they are installed only for the aiortc versions they were written against
+   (`inline_codecs_supported` checks aiortc's source for them); another version keeps
+   aiortc's threads and logs why.
+
+3. The Opus encoder's complexity (`opus_complexity`, 0-10). aiortc leaves libopus at its
+   default, 10, the most expensive setting, at 96 kbit/s. For 20 ms of speech at that
+   rate, complexity 5 cost about two thirds as much CPU here for the same quality
+   (PESQ-WB of an Opus round trip of LJSpeech clips: 4.58 at both; results/opus_complexity.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import threading
+from collections.abc import Callable
+from typing import Any
 
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
 import aiortc.rtp
+import av
 import numpy as np
+from aiortc.codecs import get_decoder
+from aiortc.codecs.opus import OpusEncoder
 from av import AudioFrame
+
+log = logging.getLogger(__name__)
 
 _MAX_SAMPLE = 32767
 _MIN_LEVEL = -127
@@ -30,9 +58,161 @@ def numpy_audio_level_dbov(frame: AudioFrame) -> int:
     return round(min(0.0, max(20 * math.log10(rms), _MIN_LEVEL)))
 
 
-def install() -> None:
-    """Swap the implementation in (idempotent)."""
+class InlineDecoder:
+    """Takes the place of an audio receiver's decoder queue: decodes each frame as aiortc
+    puts it in, on the caller's thread (the event loop), and hands the decoded frames
+    straight to the track's queue. `put(None)` ends the track, as aiortc's worker does."""
+
+    def __init__(self) -> None:
+        self._output: asyncio.Queue[Any] | None = None
+        self._error: threading.Event | None = None
+        self._decoder: Any = None
+        self._codec_name: str | None = None
+        self.frames_decoded = 0
+
+    def attach(self, output: asyncio.Queue[Any], error: threading.Event) -> None:
+        self._output, self._error = output, error
+
+    def put(self, task: Any) -> None:
+        if self._output is None:  # receive() never ran: nothing to decode for
+            return
+        if task is None:
+            self._output.put_nowait(None)
+            self._decoder = None
+            return
+        codec, encoded_frame = task
+        if codec.name != self._codec_name:
+            self._decoder, self._codec_name = get_decoder(codec), codec.name
+        try:
+            frames = self._decoder.decode(encoded_frame)
+        except av.FFmpegError as exc:  # keep the decoder state, as aiortc does
+            log.warning("failed to decode %s frame: %s", codec.name, exc)
+            if self._error is not None:
+                self._error.set()
+            return
+        for frame in frames:
+            self.frames_decoded += 1
+            self._output.put_nowait(frame)
+
+
+class InlineExecutorLoop:
+    """The event loop as an audio sender sees it: `run_in_executor` (its encode call) runs
+    the function at once and returns a finished future; everything else is the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        future = self._loop.create_future()
+        try:
+            future.set_result(func(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+_RECEIVER = aiortc.rtcrtpreceiver.RTCRtpReceiver
+_SENDER = aiortc.rtcrtpsender.RTCRtpSender
+_ORIGINAL: dict[str, Any] = {
+    "receiver_init": _RECEIVER.__init__,
+    "receiver_receive": _RECEIVER.receive,
+    "sender_init": _SENDER.__init__,
+    "decoder_worker": getattr(aiortc.rtcrtpreceiver, "decoder_worker", None),
+    "get_encoder": aiortc.rtcrtpsender.get_encoder,
+}
+OPUS_DEFAULT_COMPLEXITY = 10  # libopus's own default, which aiortc keeps
+_opus_complexity = OPUS_DEFAULT_COMPLEXITY
+
+
+def _get_encoder(codec: Any) -> Any:
+    """aiortc's encoder for `codec`, with our Opus complexity (set before it opens)."""
+    encoder = _ORIGINAL["get_encoder"](codec)
+    if isinstance(encoder, OpusEncoder) and _opus_complexity != OPUS_DEFAULT_COMPLEXITY:
+        options = dict(encoder.codec.options)
+        options["compression_level"] = str(_opus_complexity)
+        encoder.codec.options = options
+    return encoder
+
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_DECODER_ERROR = "_RTCRtpReceiver__decoder_error"
+_SENDER_LOOP = "_RTCRtpSender__loop"
+
+
+def _receiver_init(self: Any, kind: str, *args: Any, **kwargs: Any) -> None:
+    _ORIGINAL["receiver_init"](self, kind, *args, **kwargs)
+    if kind == "audio" and hasattr(self, _DECODER_QUEUE) and hasattr(self, _DECODER_ERROR):
+        setattr(self, _DECODER_QUEUE, InlineDecoder())
+
+
+async def _receiver_receive(self: Any, *args: Any, **kwargs: Any) -> None:
+    await _ORIGINAL["receiver_receive"](self, *args, **kwargs)
+    decoder = getattr(self, _DECODER_QUEUE, None)
+    if isinstance(decoder, InlineDecoder) and self._track is not None:
+        decoder.attach(self._track._queue, getattr(self, _DECODER_ERROR))
+
+
+def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+    if isinstance(input_q, InlineDecoder):
+        return  # the receiver decodes in InlineDecoder.put; this thread ends at once
+    _ORIGINAL["decoder_worker"](loop, input_q, output_q, decode_error)
+
+
+def _sender_init(self: Any, track_or_kind: Any, *args: Any, **kwargs: Any) -> None:
+    _ORIGINAL["sender_init"](self, track_or_kind, *args, **kwargs)
+    loop = getattr(self, _SENDER_LOOP, None)
+    if self.kind == "audio" and isinstance(loop, asyncio.AbstractEventLoop):
+        setattr(self, _SENDER_LOOP, InlineExecutorLoop(loop))
+
+
+def inline_codecs_supported() -> bool:
+    """Whether this aiortc has the internals the inline-codec hooks replace."""
+    import inspect
+
+    receive_src = inspect.getsource(_ORIGINAL["receiver_receive"])
+    next_frame_src = inspect.getsource(_SENDER._next_encoded_frame)
+    return (
+        _ORIGINAL["decoder_worker"] is not None
+        and "decoder_worker" in receive_src
+        and "self.__loop.run_in_executor" in next_frame_src
+    )
+
+
+def inline_codecs_installed() -> bool:
+    return _RECEIVER.__init__ is _receiver_init
+
+
+def install(*, inline_codecs: bool = True, opus_complexity: int = OPUS_DEFAULT_COMPLEXITY) -> bool:
+    """Swap the vectorised audio level in, the inline codecs in or out, and set the Opus
+    encoders' complexity for senders made from now on (idempotent; process-wide).
+    Returns whether inline codecs are on."""
+    global _opus_complexity
+    if not 0 <= opus_complexity <= 10:
+        raise ValueError(f"Opus complexity must be 0-10, not {opus_complexity}")
+    _opus_complexity = opus_complexity
     aiortc.rtp.compute_audio_level_dbov = numpy_audio_level_dbov
+    aiortc.rtcrtpsender.get_encoder = _get_encoder
+    if inline_codecs and not inline_codecs_supported():
+        log.warning(
+            "aiortc %s: inline codec hooks do not fit this version; codecs stay in threads",
+            aiortc.__version__,
+        )
+        inline_codecs = False
+    if inline_codecs:
+        _RECEIVER.__init__ = _receiver_init  # type: ignore[method-assign]
+        _RECEIVER.receive = _receiver_receive  # type: ignore[method-assign]
+        _SENDER.__init__ = _sender_init  # type: ignore[method-assign,assignment]
+        aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
+    else:
+        _RECEIVER.__init__ = _ORIGINAL["receiver_init"]  # type: ignore[method-assign]
+        _RECEIVER.receive = _ORIGINAL["receiver_receive"]  # type: ignore[method-assign]
+        _SENDER.__init__ = _ORIGINAL["sender_init"]  # type: ignore[method-assign]
+        if _ORIGINAL["decoder_worker"] is not None:
+            aiortc.rtcrtpreceiver.decoder_worker = _ORIGINAL["decoder_worker"]
+    return inline_codecs
 
 
 def original_audio_level_dbov(frame: AudioFrame) -> int:

@@ -300,7 +300,9 @@ def create_app(
     worker_index: int = 0,
 ) -> web.Application:
     """One worker's app. The factory makes one Enhancer per stream (model loaded already)."""
-    aiortc_speedups.install()
+    aiortc_speedups.install(
+        inline_codecs=config.inline_codecs, opus_complexity=config.opus_complexity
+    )
     app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
     app_metrics = Metrics(per_stream_limit=config.per_stream_metrics_limit)
     manager = SessionManager(config, enhancer_factory, app_metrics, worker_index=worker_index)

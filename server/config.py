@@ -64,6 +64,12 @@ class Config:
     """batch: the longest a packet waits for other streams' packets to share its model run."""
     frame_deadline_ms: float = 60.0
     """A frame with more than this much audio queued behind it passes through."""
+    inline_codecs: bool = True
+    """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
+    hand-offs cost more than the codec; server/aiortc_speedups.py)."""
+    opus_complexity: int = 5
+    """libopus encoder complexity 0-10 for what we send (aiortc's default is 10; 5 costs
+    about a third less CPU at the same measured quality, results/opus_complexity.md)."""
     max_body_bytes: int = 64 * 1024
     """Largest signalling body accepted (an SDP offer is a few kB)."""
     drain_timeout_s: float = 30.0
@@ -93,6 +99,8 @@ class Config:
             raise ConfigError(f"offload must be batch, inline or thread, not {self.offload!r}")
         if not 0 <= self.batch_window_ms <= 20:
             raise ConfigError(f"batch window must be 0-20 ms, not {self.batch_window_ms}")
+        if not 0 <= self.opus_complexity <= 10:
+            raise ConfigError(f"Opus complexity must be 0-10, not {self.opus_complexity}")
         if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("deadline, body size and drain timeout must be positive")
 
@@ -174,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="frames with more queued behind them pass through (60)",
     )
+    p.add_argument(
+        "--inline-codecs",
+        choices=["on", "off"],
+        help="Opus decode/encode on the event loop (on, default) or in aiortc's threads",
+    )
+    p.add_argument(
+        "--opus-complexity",
+        type=int,
+        help="libopus encoder complexity 0-10 for the audio sent back (5; aiortc's is 10)",
+    )
     p.add_argument("--max-body-bytes", type=int, help="largest signalling body (65536)")
     p.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (30)")
     p.add_argument("--static-dir", help="directory of the browser page")
@@ -212,7 +230,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raw = get(name)
         if raw is not None and raw != "":
             kw[name] = raw
-    for name in ("port", "max_streams", "workers", "max_body_bytes"):
+    for name in ("port", "max_streams", "workers", "max_body_bytes", "opus_complexity"):
         number(name, int)
     for name in ("frame_deadline_ms", "drain_timeout_s", "batch_window_ms"):
         number(name, float)
@@ -220,10 +238,11 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         kw["model"] = Path(raw)
     if (raw := get("static_dir")) is not None and raw:
         kw["static_dir"] = Path(raw)
-    if (raw := get("unity_gains")) is not None:
-        if raw.lower() not in _TRUE | _FALSE:
-            raise ConfigError(f"unity_gains: expected a boolean, got {raw!r}")
-        kw["unity_gains"] = raw.lower() in _TRUE
+    for name in ("unity_gains", "inline_codecs"):
+        if (raw := get(name)) is not None:
+            if raw.lower() not in _TRUE | _FALSE:
+                raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+            kw[name] = raw.lower() in _TRUE
     if args.ice_servers:
         specs: list[str] = list(args.ice_servers)
     else:

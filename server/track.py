@@ -72,11 +72,15 @@ def level_db(x: FloatArray) -> float:
 
 def to_mono(frame: av.AudioFrame) -> FloatArray:
     """Any PyAV audio frame -> mono float64 in [-1, 1] at the frame's own rate."""
-    data = frame.to_ndarray()
     channels = len(frame.layout.channels)
     if frame.format.name == "s16" and channels == 2:  # what aiortc's Opus decoder gives
-        pcm = data.reshape(-1)
-        return (pcm[0::2].astype(np.float64) + pcm[1::2]) * (0.5 / INT16_SCALE)
+        plane = memoryview(frame.planes[0])
+        pcm = np.frombuffer(plane, np.int16, count=2 * frame.samples).reshape(-1, 2)
+        x = pcm[:, 0].astype(np.float64)
+        x += pcm[:, 1]
+        x *= 0.5 / INT16_SCALE
+        return x
+    data = frame.to_ndarray()
     # planar: one row per channel; packed: channels interleaved in one row
     samples = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
     if samples.dtype == np.int16:
@@ -88,11 +92,16 @@ def to_mono(frame: av.AudioFrame) -> FloatArray:
 
 def to_stereo_s16(y: FloatArray, pts: int | None, time_base: fractions.Fraction) -> av.AudioFrame:
     """Mono float -> packed s16 stereo AudioFrame at SAMPLE_RATE (clipped before the cast)."""
-    pcm = np.empty((1, OUT_CHANNELS * len(y)), dtype=np.int16)
-    mono = np.clip(np.rint(y * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1)
-    pcm[0, 0::2] = mono
-    pcm[0, 1::2] = mono
-    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
+    mono = y * INT16_SCALE
+    np.rint(mono, out=mono)
+    np.clip(mono, -INT16_SCALE, INT16_SCALE - 1, out=mono)
+    pcm = np.empty((len(y), OUT_CHANNELS), dtype=np.int16)
+    pcm[:] = mono[:, None]
+    if len(y):  # a frame of the right size, filled in place: cheaper than from_ndarray
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=len(y))
+        frame.planes[0].update(pcm.tobytes())
+    else:
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, 0), format="s16", layout="stereo")
     frame.sample_rate = SAMPLE_RATE
     frame.pts = pts
     frame.time_base = time_base

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,6 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from percepnet.analysis import Frames
 from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
+from server import aiortc_speedups
 from server.app import MANAGER_KEY, create_app
 from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
@@ -217,6 +219,31 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         await enhanced.close()
         await baseline.close()
         assert srv.manager.active == 0
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline-codecs", "aiortc-threads"])
+async def test_codecs_inline_or_in_aiortc_threads_give_the_same_stream(inline: bool) -> None:
+    def decoder_threads() -> int:
+        return sum(t.name == "audio-decoder" and t.is_alive() for t in threading.enumerate())
+
+    async with serve(inline_codecs=inline) as srv:
+        assert aiortc_speedups.inline_codecs_installed() == inline
+        peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP))
+        async with asyncio.timeout(20):
+            await peer.wait_received(len(CLIP) / SAMPLE_RATE + 0.3)
+        # aiortc's decoder threads (the server's receiver and the client's) run only
+        # when the codecs are not inline
+        threads = decoder_threads()
+        assert (threads == 0) if inline else (threads >= 2), threads
+        rec = peer.received
+        assert rec.formats == {("s16", "stereo", SAMPLE_RATE, PACKET_SAMPLES)}
+        out = peer.received_audio()
+        r, s = aligned(out, CLIP, lag_of(out, CLIP))
+        assert abs(rms_db(r) - rms_db(s)) < 1.0
+        assert_same_sound(r, s)
+        await peer.close()
+        assert srv.manager.active == 0
+    aiortc_speedups.install()  # the default again, for the tests that follow
 
 
 async def test_streams_share_batches_and_each_gets_its_own_audio() -> None:

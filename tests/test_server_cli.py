@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
+import aiortc.rtcrtpsender
 import aiortc.rtp
 import numpy as np
 import pytest
@@ -20,7 +21,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from percepnet.enhancer import Enhancer
 from server.__main__ import main
-from server.aiortc_speedups import numpy_audio_level_dbov, original_audio_level_dbov
+from server.aiortc_speedups import (
+    OPUS_DEFAULT_COMPLEXITY,
+    install,
+    numpy_audio_level_dbov,
+    original_audio_level_dbov,
+)
 from server.app import create_app
 from server.client import ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
@@ -57,6 +63,10 @@ def test_flags_override_environment_override_defaults() -> None:
     assert load_config([], {"PERCEPNET_UNITY_GAINS": "false"}).unity_gains is False
     batch = load_config(["--offload", "inline"], {"PERCEPNET_BATCH_WINDOW_MS": "2.5"})
     assert batch.offload == "inline" and batch.batch_window_ms == 2.5
+    assert config.inline_codecs is True and config.opus_complexity == 5  # defaults
+    codecs = load_config(["--inline-codecs", "off"], {"PERCEPNET_OPUS_COMPLEXITY": "3"})
+    assert codecs.inline_codecs is False and codecs.opus_complexity == 3
+    assert load_config([], {"PERCEPNET_INLINE_CODECS": "0"}).inline_codecs is False
 
 
 @pytest.mark.parametrize(
@@ -72,6 +82,9 @@ def test_flags_override_environment_override_defaults() -> None:
         (["--batch-window-ms", "-1"], {}),
         (["--batch-window-ms", "100"], {}),
         ([], {"PERCEPNET_OFFLOAD": "gpu"}),
+        (["--opus-complexity", "11"], {}),
+        ([], {"PERCEPNET_OPUS_COMPLEXITY": "-1"}),
+        ([], {"PERCEPNET_INLINE_CODECS": "sometimes"}),
     ],
 )
 def test_bad_settings_raise_config_error(argv: list[str], env: dict[str, str]) -> None:
@@ -230,6 +243,34 @@ def test_vectorised_audio_level_equals_aiortc(amplitude: float) -> None:
     assert numpy_audio_level_dbov(frame) == original_audio_level_dbov(frame)
     create_app(Config(), Enhancer)
     assert aiortc.rtp.compute_audio_level_dbov is numpy_audio_level_dbov
+
+
+def _opus_payloads(complexity: int) -> list[bytes]:
+    """What an aiortc audio sender's Opus encoder makes of 0.5 s of a speech-like clip."""
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    install(opus_complexity=complexity)
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+    encoder = aiortc.rtcrtpsender.get_encoder(codec)
+    clip = speech_like(0.5, seed=9)
+    payloads: list[bytes] = []
+    for i in range(len(clip) // 960):
+        frame = to_stereo_s16(clip[i * 960 : (i + 1) * 960], i * 960, Fraction(1, 48000))
+        payloads += encoder.encode(frame)[0]
+    return payloads
+
+
+def test_opus_complexity_reaches_the_encoder() -> None:
+    try:
+        default, cheaper = _opus_payloads(OPUS_DEFAULT_COMPLEXITY), _opus_payloads(5)
+        same_again = _opus_payloads(5)
+    finally:
+        install()
+    assert len(default) == len(cheaper) == 25
+    assert cheaper == same_again  # deterministic: the difference is the setting
+    assert cheaper != default
+    with pytest.raises(ValueError):
+        install(opus_complexity=11)
 
 
 def test_per_stream_series_are_capped_and_removed() -> None:

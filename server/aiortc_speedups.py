@@ -30,13 +30,13 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import aiortc.rtp
-import av
 import numpy as np
 from aiortc.codecs import get_decoder
 from aiortc.codecs.opus import OpusEncoder
@@ -58,10 +58,22 @@ def numpy_audio_level_dbov(frame: AudioFrame) -> int:
     return round(min(0.0, max(20 * math.log10(rms), _MIN_LEVEL)))
 
 
+arrival_clock = time.monotonic
+"""The clock of the arrival stamps InlineDecoder leaves in each frame's `opaque`."""
+
+
+def arrival_time(frame: Any) -> float | None:
+    """When an inline-decoded frame was decoded (arrival_clock), or None if unstamped."""
+    stamp = getattr(frame, "opaque", None)
+    return stamp if isinstance(stamp, float) else None
+
+
 class InlineDecoder:
     """Takes the place of an audio receiver's decoder queue: decodes each frame as aiortc
     puts it in, on the caller's thread (the event loop), and hands the decoded frames
-    straight to the track's queue. `put(None)` ends the track, as aiortc's worker does."""
+    straight to the track's queue, each stamped with its arrival time in `opaque` (so
+    a consumer can tell how long a frame waited, whatever came in with it). `put(None)`
+    ends the track, as aiortc's worker does."""
 
     def __init__(self) -> None:
         self._output: asyncio.Queue[Any] | None = None
@@ -81,17 +93,20 @@ class InlineDecoder:
             self._decoder = None
             return
         codec, encoded_frame = task
-        if codec.name != self._codec_name:
-            self._decoder, self._codec_name = get_decoder(codec), codec.name
         try:
+            if codec.name != self._codec_name:
+                self._decoder, self._codec_name = get_decoder(codec), codec.name
             frames = self._decoder.decode(encoded_frame)
-        except av.FFmpegError as exc:  # keep the decoder state, as aiortc does
+        except Exception as exc:  # keep the decoder state, as aiortc does; never raise
+            # into aiortc's packet handler, which runs the whole transport
             log.warning("failed to decode %s frame: %s", codec.name, exc)
             if self._error is not None:
                 self._error.set()
             return
+        arrived = arrival_clock()
         for frame in frames:
             self.frames_decoded += 1
+            frame.opaque = arrived  # when it was ready for us (the track's deadline)
             self._output.put_nowait(frame)
 
 

@@ -63,7 +63,8 @@ class Config:
     batch_window_ms: float = 20.0
     """batch: the longest a packet waits for other streams' packets to share its model run."""
     frame_deadline_ms: float = 60.0
-    """A frame with more than this much audio queued behind it passes through."""
+    """A frame that waited longer than this after decoding passes through (with aiortc's
+    decoder threads: a frame with more than this much audio queued behind it)."""
     inline_codecs: bool = True
     """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
     hand-offs cost more than the codec; server/aiortc_speedups.py)."""
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frame-deadline-ms",
         type=float,
-        help="frames with more queued behind them pass through (60)",
+        help="frames that waited longer than this after decoding pass through (60)",
     )
     p.add_argument(
         "--inline-codecs",

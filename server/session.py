@@ -169,6 +169,7 @@ class Session:
             "level_in_db": round(s.level_in_db, 2),
             "level_out_db": round(s.level_out_db, 2),
             "backlog_ms": round(s.backlog_ms, 2),
+            "queue_wait_ms": round(s.queue_wait_ms, 2),
             "cpu_percent": round(self.cpu_percent, 3),
             "age_s": round(time.monotonic() - self.created, 3),
         }

@@ -7,9 +7,11 @@ not apply its -3 dB mono upmix; never changing format, because the encoder's
 resampler is fixed by the first frame).
 
 Nothing raises out of recv() except MediaStreamError at the end of the source: a
-frame whose processing fails, or that misses its deadline (more than the deadline's
-worth of frames queued behind it: we fell behind), passes through - delayed by the
-same LATENCY_SAMPLES so the stream stays continuous - and is counted.
+frame whose processing fails, or that misses its deadline (it waited longer than the
+deadline since it was decoded: we fell behind; with aiortc's own decoder threads, which
+leave no arrival stamp, more than the deadline's worth of audio queued behind it),
+passes through - delayed by the same LATENCY_SAMPLES so the stream stays continuous -
+and is counted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from percepnet.analysis import Frames
 from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import gains_for_many
+from server.aiortc_speedups import arrival_clock, arrival_time
 from server.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class StreamStats:
     backlog_ms: float = 0.0
     padding_samples: int = 0
     batch_wait_ms: float = 0.0  # smoothed wait for a model batch (BatchRunner), per packet
+    queue_wait_ms: float = 0.0  # how long the last frame waited after decoding (if stamped)
 
 
 def level_db(x: FloatArray) -> float:
@@ -345,11 +349,20 @@ class EnhancedTrack(MediaStreamTrack):
         pts, time_base = frame.pts, frame.time_base
         if frame.sample_rate != SAMPLE_RATE:  # not Opus: bring it to the internal rate
             frame, pts, time_base = self._resample(frame)
-        # Backlog behind this frame: when it exceeds the deadline we are not keeping
-        # up, and passing frames through (about 50x cheaper) drains the queue.
+        # A frame that waited longer than the deadline since it was decoded means we
+        # are not keeping up: passing frames through (about 50x cheaper) catches up.
+        # A burst from the network (several frames decoded at once) is not late. Frames
+        # without an arrival stamp (aiortc's decoder threads) are judged by the audio
+        # queued behind them, which a burst can also fill.
         backlog_s = queued_frames(self.source) * frame.samples / SAMPLE_RATE
         self.stats.backlog_ms = 1e3 * backlog_s
-        late = backlog_s > self.deadline_s
+        arrived = arrival_time(frame)
+        if arrived is None:
+            late = backlog_s > self.deadline_s
+        else:
+            waited = arrival_clock() - arrived
+            self.stats.queue_wait_ms = 1e3 * waited
+            late = waited > self.deadline_s
         x = to_mono(frame)
         self.stats.cpu_seconds += time.thread_time() - cpu
         y = (

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 
 from percepnet.analysis import Frames
 from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import MODELS_DIR, OnnxModel, OnnxSource, gains_for_many
+from server.aiortc_speedups import arrival_clock
 from server.batching import RECENT_S, BatchRunner
 from server.metrics import Metrics
-from server.track import StreamProcessor, StreamStats, process_many
+from server.track import EnhancedTrack, StreamProcessor, StreamStats, process_many, to_stereo_s16
 from tests.signals import add_noise, speechlike
 
 FLOAT_MODEL = MODELS_DIR / "percepnet.onnx"
@@ -266,3 +270,52 @@ async def test_failed_gains_pass_the_packet_through_and_the_stream_goes_on() -> 
     # the failed packet (the third) went out as the input delayed by the enhancer's latency
     start = 2 * PACKET - LATENCY_SAMPLES
     np.testing.assert_allclose(outs[2], x[start : start + PACKET], atol=1e-12)
+
+
+# -- the deadline: a burst is not late, a frame that waited is ---------------------------
+class QueueSource(MediaStreamTrack):
+    """A remote track as aiortc makes one: decoded frames wait in `_queue`."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+
+    async def recv(self) -> av.AudioFrame:
+        return await self._queue.get()
+
+
+def decoded_frame(i: int, arrived: float | None) -> av.AudioFrame:
+    x = 0.1 * np.sin(np.arange(PACKET) * 2 * np.pi * 300 / 48000)
+    frame = to_stereo_s16(x, i * PACKET, Fraction(1, 48000))
+    if arrived is not None:
+        frame.opaque = arrived  # what InlineDecoder stamps
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("age_s", "stamped", "expect_bypassed"),
+    [
+        (0.0, True, 0),  # a burst of 8 packets decoded just now: all enhanced
+        (0.1, True, 16),  # the same 8, each waited 100 ms: all late
+        (0.0, False, 8),  # unstamped burst: judged by the queue behind each: 7..4 behind late
+    ],
+    ids=["fresh-burst", "stale", "unstamped-burst"],
+)
+async def test_deadline_is_the_wait_since_decoding_not_the_queue(
+    age_s: float, stamped: bool, expect_bypassed: int
+) -> None:
+    stats = StreamStats()
+    processor = StreamProcessor(Enhancer(), Metrics(), stats)
+    source = QueueSource()
+    track = EnhancedTrack(source, processor, deadline_s=0.06)
+    now = arrival_clock()
+    for i in range(8):
+        source._queue.put_nowait(decoded_frame(i, now - age_s if stamped else None))
+    outs = [await track.recv() for _ in range(8)]
+    assert all(f.samples == PACKET and f.format.name == "s16" for f in outs)
+    assert stats.frames_bypassed == expect_bypassed
+    assert stats.frames_processed == 16 - expect_bypassed
+    if stamped:
+        assert stats.queue_wait_ms == pytest.approx(1e3 * age_s, abs=50)

@@ -273,6 +273,38 @@ def test_opus_complexity_reaches_the_encoder() -> None:
         install(opus_complexity=11)
 
 
+def test_inline_decoder_decodes_skips_garbage_and_ends_the_track() -> None:
+    import asyncio
+    import threading
+
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from server.aiortc_speedups import InlineDecoder
+
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+    payloads = _opus_payloads(5)
+    install()
+    out: asyncio.Queue[object] = asyncio.Queue()
+    error = threading.Event()
+    decoder = InlineDecoder()
+    decoder.put((codec, JitterFrame(data=payloads[0], timestamp=0)))  # not attached: ignored
+    assert out.qsize() == 0
+    decoder.attach(out, error)
+    for i, p in enumerate(payloads[:5]):
+        decoder.put((codec, JitterFrame(data=p, timestamp=960 * i)))
+    assert out.qsize() == 5 and not error.is_set()
+    frame = out.get_nowait()
+    assert frame.samples == 960 and frame.format.name == "s16"  # type: ignore[attr-defined]
+    bad = RTCRtpCodecParameters(mimeType="audio/unknown", clockRate=8000, channels=1)
+    decoder.put((bad, JitterFrame(data=b"garbage", timestamp=0)))  # logged, flagged, no raise
+    assert error.is_set() and out.qsize() == 4
+    decoder.put(None)
+    while out.qsize() > 1:
+        out.get_nowait()
+    assert out.get_nowait() is None  # the end of the track, as aiortc signals it
+
+
 def test_per_stream_series_are_capped_and_removed() -> None:
     m = Metrics(per_stream_limit=2)
     assert m.stream_started("a") and m.stream_started("b")

@@ -47,7 +47,9 @@ WAIT_SMOOTHING = 0.1
 class InlineRunner:
     """On the event loop, one packet at a time (no added delay)."""
 
-    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
+    async def run(
+        self, processor: StreamProcessor, x: FloatArray, late: bool, arrived: float | None = None
+    ) -> FloatArray:
         return processor.process(x, late)
 
     def close(self) -> None:
@@ -60,7 +62,9 @@ class ThreadRunner:
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer")
 
-    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
+    async def run(
+        self, processor: StreamProcessor, x: FloatArray, late: bool, arrived: float | None = None
+    ) -> FloatArray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, processor.process, x, late)
 
@@ -93,7 +97,8 @@ class _Waiting:
     x: FloatArray
     late: bool
     future: asyncio.Future[FloatArray]
-    since: float
+    since: float  # when the packet arrived (decoded), or entered the runner if unknown
+    entered: float  # when it entered the runner: its batch wait counts from here
 
 
 class BatchRunner:
@@ -125,7 +130,13 @@ class BatchRunner:
             weakref.WeakKeyDictionary()
         )
 
-    async def run(self, processor: StreamProcessor, x: FloatArray, late: bool) -> FloatArray:
+    async def run(
+        self, processor: StreamProcessor, x: FloatArray, late: bool, arrived: float | None = None
+    ) -> FloatArray:
+        """The processed packet. `arrived`: when it was decoded, on the runner's clock; the
+        window counts from then, so time it spent queued behind the stream's previous
+        packet is not waited again (without it, a stream that always opens the window
+        falls behind by a batch's run time each packet)."""
         if processor.enhancer is None or late:  # nothing for the model: no reason to wait
             self._arrivals.pop(processor, None)
             return processor.process(x, late)
@@ -139,8 +150,9 @@ class BatchRunner:
         else:
             arrivals.update(now)
         future: asyncio.Future[FloatArray] = loop.create_future()
-        self._waiting.append(_Waiting(processor, x, late, future, now))
-        closes = self._waiting[0].since + self.window_s
+        since = now if arrived is None else min(arrived, now)
+        self._waiting.append(_Waiting(processor, x, late, future, since, now))
+        closes = min(w.since for w in self._waiting) + self.window_s
         if len(self._waiting) >= self.max_streams or not self._anyone_due(now, closes):
             self._flush()
         elif self._timer is None:
@@ -165,7 +177,7 @@ class BatchRunner:
             return
         now = self.clock()
         for w in batch:
-            wait = max(0.0, now - w.since)
+            wait = max(0.0, now - w.entered)
             self.metrics.batch_wait.observe(wait)
             stats = w.processor.stats
             stats.batch_wait_ms += WAIT_SMOOTHING * (1e3 * wait - stats.batch_wait_ms)

@@ -69,8 +69,9 @@ class Config:
     """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
     hand-offs cost more than the codec; server/aiortc_speedups.py)."""
     opus_complexity: int = 5
-    """libopus encoder complexity 0-10 for what we send (aiortc's default is 10; 5 costs
-    about a third less CPU at the same measured quality, results/opus_complexity.md)."""
+    """libopus encoder complexity 0-10 for what WebRTC peers get back (aiortc's default is
+    10; at its 96 kbit/s, 5 costs about a third less CPU at the same measured quality,
+    results/opus_complexity.md). The RTP sidecar's 32 kbit/s mono encoder keeps 10."""
     max_body_bytes: int = 64 * 1024
     """Largest signalling body accepted (an SDP offer is a few kB)."""
     drain_timeout_s: float = 30.0
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--opus-complexity",
         type=int,
-        help="libopus encoder complexity 0-10 for the audio sent back (5; aiortc's is 10)",
+        help="libopus complexity 0-10 of the audio sent back to WebRTC peers (5; aiortc: 10)",
     )
     p.add_argument("--max-body-bytes", type=int, help="largest signalling body (65536)")
     p.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (30)")

@@ -368,7 +368,7 @@ class EnhancedTrack(MediaStreamTrack):
         y = (
             self.processor.process(x, late)
             if self.runner is None
-            else await self.runner.run(self.processor, x, late)
+            else await self.runner.run(self.processor, x, late, arrived=arrived)
         )
         cpu = time.thread_time()
         self.stats.packets += 1

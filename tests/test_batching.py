@@ -319,3 +319,20 @@ async def test_deadline_is_the_wait_since_decoding_not_the_queue(
     assert stats.frames_processed == 16 - expect_bypassed
     if stamped:
         assert stats.queue_wait_ms == pytest.approx(1e3 * age_s, abs=50)
+
+
+async def test_the_window_counts_from_arrival_so_queued_time_is_not_waited_again() -> None:
+    """A packet that already waited 15 ms in the stream's queue waits at most the
+    window's last 5 ms for the others; one that waited the whole window runs at once."""
+    runner = BatchRunner(Metrics(), window_s=0.02)
+    a, b = (StreamProcessor(Enhancer(), Metrics(), StreamStats()) for _ in range(2))
+    x = np.zeros(PACKET)
+    await runner.run(b, x, False)  # b is now expected every 20 ms
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()  # b is due in 10 ms: inside a 20 ms window from now, not from
+    await runner.run(a, x, False, arrived=t0 - 0.015)  # a's arrival 15 ms ago
+    assert time.monotonic() - t0 < 0.006
+    await runner.run(b, x, False)
+    t0 = time.monotonic()
+    await runner.run(a, x, False, arrived=t0 - 0.05)
+    assert time.monotonic() - t0 < 0.004  # its window had closed already: no wait

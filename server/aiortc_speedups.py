@@ -187,8 +187,11 @@ def inline_codecs_supported() -> bool:
     """Whether this aiortc has the internals the inline-codec hooks replace."""
     import inspect
 
-    receive_src = inspect.getsource(_ORIGINAL["receiver_receive"])
-    next_frame_src = inspect.getsource(_SENDER._next_encoded_frame)
+    try:
+        receive_src = inspect.getsource(_ORIGINAL["receiver_receive"])
+        next_frame_src = inspect.getsource(_SENDER._next_encoded_frame)
+    except (OSError, TypeError):  # no source to check (a .pyc-only install): keep aiortc's
+        return False
     return (
         _ORIGINAL["decoder_worker"] is not None
         and "decoder_worker" in receive_src

@@ -42,6 +42,8 @@ DUE_SLACK_S = 0.002
 """A stream this late for its predicted arrival still counts as due (network jitter)."""
 WAIT_SMOOTHING = 0.1
 """Weight of a packet's wait in its stream's smoothed batch wait (its added latency)."""
+ARRIVAL_SLACK_S = 0.01
+"""A packet is held at most this much past `window_s` after it arrived (was decoded)."""
 
 
 class InlineRunner:
@@ -97,7 +99,7 @@ class _Waiting:
     x: FloatArray
     late: bool
     future: asyncio.Future[FloatArray]
-    since: float  # when the packet arrived (decoded), or entered the runner if unknown
+    closes: float  # the latest it may run: see BatchRunner.run
     entered: float  # when it entered the runner: its batch wait counts from here
 
 
@@ -125,6 +127,7 @@ class BatchRunner:
         self.max_streams = max_streams
         self._waiting: list[_Waiting] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.clock = clock
         self._arrivals: weakref.WeakKeyDictionary[StreamProcessor, _Arrivals] = (
             weakref.WeakKeyDictionary()
@@ -133,10 +136,15 @@ class BatchRunner:
     async def run(
         self, processor: StreamProcessor, x: FloatArray, late: bool, arrived: float | None = None
     ) -> FloatArray:
-        """The processed packet. `arrived`: when it was decoded, on the runner's clock; the
-        window counts from then, so time it spent queued behind the stream's previous
-        packet is not waited again (without it, a stream that always opens the window
-        falls behind by a batch's run time each packet)."""
+        """The processed packet.
+
+        It is held at most `window_s`, and at most `window_s + ARRIVAL_SLACK_S` after
+        `arrived` (when it was decoded, on the runner's clock), so that time it spent
+        queued behind the stream's previous packet is not all waited again: a stream
+        that always opens the window would otherwise fall behind by a batch's run time
+        each packet, until its frames pass the deadline. A packet whose time is up on
+        entry runs in the next loop iteration, with the other streams' packets that are
+        ready by then (not alone: under load, all of them are behind)."""
         if processor.enhancer is None or late:  # nothing for the model: no reason to wait
             self._arrivals.pop(processor, None)
             return processor.process(x, late)
@@ -150,14 +158,29 @@ class BatchRunner:
         else:
             arrivals.update(now)
         future: asyncio.Future[FloatArray] = loop.create_future()
-        since = now if arrived is None else min(arrived, now)
-        self._waiting.append(_Waiting(processor, x, late, future, since, now))
-        closes = min(w.since for w in self._waiting) + self.window_s
-        if len(self._waiting) >= self.max_streams or not self._anyone_due(now, closes):
+        own = now + self.window_s
+        if arrived is not None:
+            own = min(own, arrived + self.window_s + ARRIVAL_SLACK_S)
+        self._waiting.append(_Waiting(processor, x, late, future, own, now))
+        closes = min(w.closes for w in self._waiting)
+        if len(self._waiting) >= self.max_streams:
             self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(max(0.0, closes - now), self._flush)
+        elif closes <= now:
+            self._schedule(loop, now, now)
+        elif not self._anyone_due(now, closes):
+            self._flush()
+        else:
+            self._schedule(loop, now, closes)
         return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: float, at: float) -> None:
+        """The flush timer, at `at` or earlier if it is already set earlier."""
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_later(max(0.0, at - now), self._flush)
 
     def _anyone_due(self, now: float, until: float) -> bool:
         """Whether a stream with no packet in is expected before `until`."""

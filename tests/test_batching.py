@@ -321,18 +321,35 @@ async def test_deadline_is_the_wait_since_decoding_not_the_queue(
         assert stats.queue_wait_ms == pytest.approx(1e3 * age_s, abs=50)
 
 
-async def test_the_window_counts_from_arrival_so_queued_time_is_not_waited_again() -> None:
-    """A packet that already waited 15 ms in the stream's queue waits at most the
-    window's last 5 ms for the others; one that waited the whole window runs at once."""
-    runner = BatchRunner(Metrics(), window_s=0.02)
+async def test_a_packet_is_held_at_most_window_plus_slack_after_it_arrived() -> None:
+    """A packet that already waited 25 ms in its stream's queue may wait only 5 ms more
+    (20 ms window + 10 ms slack from its arrival), so it does not wait for a stream due
+    in 10 ms; one whose time is up runs in the next loop iteration."""
     a, b = (StreamProcessor(Enhancer(), Metrics(), StreamStats()) for _ in range(2))
     x = np.zeros(PACKET)
-    await runner.run(b, x, False)  # b is now expected every 20 ms
-    await asyncio.sleep(0.01)
-    t0 = time.monotonic()  # b is due in 10 ms: inside a 20 ms window from now, not from
-    await runner.run(a, x, False, arrived=t0 - 0.015)  # a's arrival 15 ms ago
-    assert time.monotonic() - t0 < 0.006
-    await runner.run(b, x, False)
-    t0 = time.monotonic()
-    await runner.run(a, x, False, arrived=t0 - 0.05)
-    assert time.monotonic() - t0 < 0.004  # its window had closed already: no wait
+    a.process(x, False), b.process(x, False)  # warm: compiled code loaded
+
+    async def a_waits(arrived_ago: float | None, after_b: float) -> float:
+        runner = BatchRunner(Metrics(), window_s=0.02)
+        await runner.run(b, x, False)  # b is now expected every 20 ms
+        await asyncio.sleep(after_b)
+        t0 = time.monotonic()
+        await runner.run(a, x, False, arrived=None if arrived_ago is None else t0 - arrived_ago)
+        return time.monotonic() - t0
+
+    assert await a_waits(None, 0.01) > 0.008  # no arrival time: a waits for b, due in 10 ms
+    assert await a_waits(0.025, 0.01) < 0.006  # 5 ms left: b is not due before then
+    assert await a_waits(0.05, 0.0) < 0.004  # its time is up: it runs at once
+
+
+async def test_packets_that_are_behind_still_share_a_batch() -> None:
+    """Under load every packet is past its time when it enters; those ready in the same
+    loop iteration still go through the model together, not one by one."""
+    metrics = Metrics()
+    runner = BatchRunner(metrics, window_s=0.02)
+    procs = [StreamProcessor(Enhancer(), Metrics(), StreamStats()) for _ in range(4)]
+    x = np.zeros(PACKET)
+    old = time.monotonic() - 0.05
+    await asyncio.gather(*(runner.run(p, x, False, arrived=old) for p in procs))
+    assert [p.stats.frames_processed for p in procs] == [2, 2, 2, 2]
+    assert hist(metrics, "percepnet_batch_streams") == (1, 4)  # one run of 4 streams

@@ -11,7 +11,8 @@ arrive at a steady period (20 ms for Opus) and phase, so its next arrival is its
 last one plus its period; a packet is held while some active stream is due
 before the window closes, and runs at once when none is (one stream alone, or
 streams whose phases are further apart than the window, never wait). Pass-through
-streams never wait.
+streams never wait. A packet is also held at most ARRIVAL_SLACK_S past the window after
+it was decoded (see BatchRunner.run).
 """
 
 from __future__ import annotations

@@ -14,14 +14,15 @@
    one core anyway) cost more than the work. With inline codecs, an audio receiver
    decodes in the event loop as each frame completes, and an audio sender encodes in
    the event loop. Video is left as aiortc has it. Both hooks use private attributes of
-   aiortc, so they are installed only for the aiortc versions they were written against
-   (`inline_codecs_supported` checks aiortc's source for them); another version keeps
-   aiortc's threads and logs why.
+   aiortc, so they are installed only where aiortc has the shape they were written for
+   (`inline_codecs_supported` checks its source, 1.16.0 here); otherwise aiortc's
+   threads stay and a warning says so.
 
 3. The Opus encoder's complexity (`opus_complexity`, 0-10). aiortc leaves libopus at its
    default, 10, the most expensive setting, at 96 kbit/s. For 20 ms of speech at that
-   rate, complexity 5 cost about two thirds as much CPU here for the same quality
-   (PESQ-WB of an Opus round trip of LJSpeech clips: 4.58 at both; results/opus_complexity.md).
+   rate, complexity 5 cost 31 % less encoder CPU here for the same quality (PESQ-WB of
+   an Opus round trip of 8 LJSpeech clips: 4.570 at 10, 4.567 at 5;
+   results/opus_complexity.md).
 """
 
 from __future__ import annotations
@@ -192,10 +193,13 @@ def inline_codecs_supported() -> bool:
         next_frame_src = inspect.getsource(_SENDER._next_encoded_frame)
     except (OSError, TypeError):  # no source to check (a .pyc-only install): keep aiortc's
         return False
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
     return (
         _ORIGINAL["decoder_worker"] is not None
         and "decoder_worker" in receive_src
         and "self.__loop.run_in_executor" in next_frame_src
+        and isinstance(getattr(RemoteStreamTrack(kind="audio"), "_queue", None), asyncio.Queue)
     )
 
 

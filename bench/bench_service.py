@@ -330,6 +330,12 @@ def main() -> int:
         default=Config.opus_complexity,
         help="the server's Opus encoder complexity (clients keep aiortc's 10)",
     )
+    ap.add_argument(
+        "--stock-baseline",
+        action="store_true",
+        help="also run a second server with stock aiortc media (--inline-codecs off "
+        "--opus-complexity 10) and measure its pass-through at each N: mode stock-pass",
+    )
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
 
@@ -351,22 +357,33 @@ def main() -> int:
     if args.pin and (args.workers != 1 or not client_cpus):
         print("--pin needs --workers 1 and at least 2 cores", file=sys.stderr)
         return 2
-    server = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None,
-    )
+
+    def start(command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None,
+        )
+
+    servers = {"main": (url, start(cmd))}
+    if args.stock_baseline:
+        stock_port = free_port()
+        stock_cmd = [*cmd, "--port", str(stock_port), "--inline-codecs", "off",
+                     "--opus-complexity", "10"]  # fmt: skip
+        servers["stock"] = (f"http://127.0.0.1:{stock_port}", start(stock_cmd))
+    modes = args.modes.split(",") + (["stock-pass"] if args.stock_baseline else [])
     rows: list[Row] = []
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/readyz", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    print("server failed to start", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+        for name, (server_url, proc) in servers.items():
+            for _ in range(150):
+                try:
+                    urllib.request.urlopen(server_url + "/readyz", timeout=1)
+                    break
+                except OSError:
+                    if proc.poll() is not None:
+                        print(f"{name} server failed to start", file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
         print(f"server: {args.workers} worker(s), offload={args.offload} "
               f"(window {args.batch_window_ms:g} ms), enhancer: {enhancer}; "
               f"{os.cpu_count()} cores, {args.clients} client processes"
@@ -381,12 +398,15 @@ def main() -> int:
             (rep, int(n), mode)
             for rep in range(args.repeats)
             for n in args.streams.split(",")
-            for mode in args.modes.split(",")
+            for mode in modes
         ):
+            target_url, target = servers["stock" if mode == "stock-pass" else "main"]
             row = run_point(
-                url, server.pid, mode, n, args.seconds, args.clients, client_cpus,
+                target_url, target.pid, "passthrough" if mode == "stock-pass" else mode, n,
+                args.seconds, args.clients, client_cpus,
                 inline_codecs=args.inline_codecs == "on",
             )  # fmt: skip
+            row.mode = mode
             row.repeat = rep
             rows.append(row)
             print(f"{row.mode:<12}{row.streams:>4}{row.cpu_per_stream_pct:>10.2f}"
@@ -398,11 +418,13 @@ def main() -> int:
                   f" {row.error}", flush=True)  # fmt: skip
             time.sleep(1.0)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for _, proc in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for _, proc in servers.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     summary = summarise(rows)
     for line in summary["lines"]:
         print(line)
@@ -448,6 +470,20 @@ def summarise(rows: list[Row]) -> dict[str, object]:
         ratio = statistics.median(ratios)
         lines.append(f"enhance / pass-through CPU per stream: median {ratio:.2f}x (target <= 1.5x)")
         lines.append("  by N: " + ", ".join(f"{n}: {v:.2f}x" for n, v in per_n.items()))
+    stock = {
+        (n, rep): by[key].cpu_per_stream_pct / by[("stock-pass", n, rep)].cpu_per_stream_pct
+        for key in by
+        for (mode, n, rep) in [key]
+        if mode == "enhance" and ("stock-pass", n, rep) in by and by[key].bypassed == 0
+    }
+    if stock:
+        lines.append(
+            "enhance / stock aiortc pass-through (same run): "
+            + ", ".join(
+                f"{n}: {statistics.median(v for (m, _), v in stock.items() if m == n):.2f}x"
+                for n in sorted({n for n, _ in stock})
+            )
+        )
     if enh:
         per_core = 100.0 / statistics.median(enh)
         lines.append(f"enhanced streams per core (100 % / median CPU per stream at N={top}, the "
@@ -457,7 +493,11 @@ def summarise(rows: list[Row]) -> dict[str, object]:
     )
     return {"lines": lines, "ratio_median": statistics.median(ratios) if ratios else None,
             "ratio_by_streams": per_n, "max_clean_streams": top,
-            "streams_per_core": 100.0 / statistics.median(enh) if enh else None}  # fmt: skip
+            "streams_per_core": 100.0 / statistics.median(enh) if enh else None,
+            "stock_ratio_by_streams": {
+                n: statistics.median(v for (m, _), v in stock.items() if m == n)
+                for n in sorted({n for n, _ in stock})
+            }}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -328,6 +328,7 @@ class EnhancedTrack(MediaStreamTrack):
         self.deadline_s = deadline_s
         self.runner = runner
         self._resampler: av.AudioResampler | None = None
+        self._last_late_log = -math.inf
 
     async def recv(self) -> av.AudioFrame:
         frame = await self.source.recv()  # MediaStreamError here ends the stream normally
@@ -357,12 +358,23 @@ class EnhancedTrack(MediaStreamTrack):
         backlog_s = queued_frames(self.source) * frame.samples / SAMPLE_RATE
         self.stats.backlog_ms = 1e3 * backlog_s
         arrived = arrival_time(frame)
-        if arrived is None:
+        waited = None if arrived is None else arrival_clock() - arrived
+        if waited is None:
             late = backlog_s > self.deadline_s
         else:
-            waited = arrival_clock() - arrived
             self.stats.queue_wait_ms = 1e3 * waited
             late = waited > self.deadline_s
+        if late and (now := time.monotonic()) - self._last_late_log >= FAILURE_LOG_INTERVAL_S:
+            self._last_late_log = now
+            log.warning(
+                "falling behind at packet %d: passing frames through (waited %s ms since "
+                "decoding, %.0f ms of audio queued, deadline %.0f ms; logged once per %d s)",
+                self.stats.packets,
+                "?" if waited is None else f"{1e3 * waited:.0f}",
+                1e3 * backlog_s,
+                1e3 * self.deadline_s,
+                FAILURE_LOG_INTERVAL_S,
+            )
         x = to_mono(frame)
         self.stats.cpu_seconds += time.thread_time() - cpu
         y = (

@@ -304,7 +304,7 @@ def decoded_frame(i: int, arrived: float | None) -> av.AudioFrame:
     ids=["fresh-burst", "stale", "unstamped-burst"],
 )
 async def test_deadline_is_the_wait_since_decoding_not_the_queue(
-    age_s: float, stamped: bool, expect_bypassed: int
+    age_s: float, stamped: bool, expect_bypassed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     stats = StreamStats()
     processor = StreamProcessor(Enhancer(), Metrics(), stats)
@@ -319,6 +319,11 @@ async def test_deadline_is_the_wait_since_decoding_not_the_queue(
     assert stats.frames_processed == 16 - expect_bypassed
     if stamped:
         assert stats.queue_wait_ms == pytest.approx(1e3 * age_s, abs=50)
+    # falling behind is logged, once per interval, with how long the frame waited
+    warnings = [r.getMessage() for r in caplog.records if "falling behind" in r.getMessage()]
+    assert len(warnings) == (1 if expect_bypassed else 0), warnings
+    if stamped and expect_bypassed:
+        assert "waited 1" in warnings[0] and "deadline 60 ms" in warnings[0]
 
 
 async def test_a_packet_is_held_at_most_window_plus_slack_after_it_arrived() -> None:

@@ -435,23 +435,34 @@ def main() -> int:
     return 0
 
 
+def enhance_ratios(by: dict[tuple[str, int, int], Row], base: str) -> dict[tuple[int, int], float]:
+    """Enhanced CPU per stream over mode `base`'s, per (N, repeat) with no bypassed frames."""
+    return {
+        (n, rep): row.cpu_per_stream_pct / by[(base, n, rep)].cpu_per_stream_pct
+        for (mode, n, rep), row in by.items()
+        if mode == "enhance" and (base, n, rep) in by and row.bypassed == 0
+    }
+
+
+def median_by_n(ratios: dict[tuple[int, int], float]) -> dict[int, float]:
+    import statistics
+
+    return {
+        n: statistics.median(v for (m, _), v in ratios.items() if m == n)
+        for n in sorted({n for n, _ in ratios})
+    }
+
+
 def summarise(rows: list[Row]) -> dict[str, object]:
     """Enhancement overhead over pass-through (median over N and repeats; and per N) and
     the largest clean N."""
     import statistics
 
     by = {(r.mode, r.streams, r.repeat): r for r in rows if not r.error}
-    pairs = {
-        (n, rep): by[key].cpu_per_stream_pct / by[("passthrough", n, rep)].cpu_per_stream_pct
-        for key in by
-        for (mode, n, rep) in [key]
-        if mode == "enhance" and ("passthrough", n, rep) in by and by[key].bypassed == 0
-    }
+    pairs = enhance_ratios(by, "passthrough")
     ratios = list(pairs.values())
-    per_n = {
-        n: statistics.median(v for (m, _), v in pairs.items() if m == n)
-        for n in sorted({n for n, _ in pairs})
-    }
+    per_n = median_by_n(pairs)
+    stock_per_n = median_by_n(enhance_ratios(by, "stock-pass"))
     clean_rows = [r for r in rows if r.mode == "enhance" and not r.error and r.lost_pct < 1.0
                   and r.bypassed == 0 and r.failed == 0 and r.frame_p99_ms < 10.0]  # fmt: skip
     # N is held when every repeat at N was clean
@@ -470,20 +481,9 @@ def summarise(rows: list[Row]) -> dict[str, object]:
         ratio = statistics.median(ratios)
         lines.append(f"enhance / pass-through CPU per stream: median {ratio:.2f}x (target <= 1.5x)")
         lines.append("  by N: " + ", ".join(f"{n}: {v:.2f}x" for n, v in per_n.items()))
-    stock = {
-        (n, rep): by[key].cpu_per_stream_pct / by[("stock-pass", n, rep)].cpu_per_stream_pct
-        for key in by
-        for (mode, n, rep) in [key]
-        if mode == "enhance" and ("stock-pass", n, rep) in by and by[key].bypassed == 0
-    }
-    if stock:
-        lines.append(
-            "enhance / stock aiortc pass-through (same run): "
-            + ", ".join(
-                f"{n}: {statistics.median(v for (m, _), v in stock.items() if m == n):.2f}x"
-                for n in sorted({n for n, _ in stock})
-            )
-        )
+    if stock_per_n:
+        lines.append("enhance / stock aiortc pass-through (same run): "
+                     + ", ".join(f"{n}: {v:.2f}x" for n, v in stock_per_n.items()))  # fmt: skip
     if enh:
         per_core = 100.0 / statistics.median(enh)
         lines.append(f"enhanced streams per core (100 % / median CPU per stream at N={top}, the "
@@ -494,10 +494,7 @@ def summarise(rows: list[Row]) -> dict[str, object]:
     return {"lines": lines, "ratio_median": statistics.median(ratios) if ratios else None,
             "ratio_by_streams": per_n, "max_clean_streams": top,
             "streams_per_core": 100.0 / statistics.median(enh) if enh else None,
-            "stock_ratio_by_streams": {
-                n: statistics.median(v for (m, _), v in stock.items() if m == n)
-                for n in sorted({n for n, _ in stock})
-            }}  # fmt: skip
+            "stock_ratio_by_streams": stock_per_n}  # fmt: skip
 
 
 if __name__ == "__main__":

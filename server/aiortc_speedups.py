@@ -81,7 +81,6 @@ class InlineDecoder:
         self._error: threading.Event | None = None
         self._decoder: Any = None
         self._codec_name: str | None = None
-        self.frames_decoded = 0
 
     def attach(self, output: asyncio.Queue[Any], error: threading.Event) -> None:
         self._output, self._error = output, error
@@ -106,7 +105,6 @@ class InlineDecoder:
             return
         arrived = arrival_clock()
         for frame in frames:
-            self.frames_decoded += 1
             frame.opaque = arrived  # when it was ready for us (the track's deadline)
             self._output.put_nowait(frame)
 

@@ -66,6 +66,7 @@ from server.session import (
 )
 from server.track import (
     INT16_SCALE,
+    Deadline,
     StreamProcessor,
     StreamStats,
     level_db,
@@ -365,7 +366,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.stats = processor.stats
         self.settings = settings
         self.rtp_metrics = rtp_metrics
-        self.deadline_s = deadline_s
+        self.deadline = Deadline(deadline_s)
         self.runner = runner
         self.on_first_packet = on_first_packet
         self.transport: asyncio.DatagramTransport | None = None
@@ -474,13 +475,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if conceal:
             x = np.concatenate([np.zeros(conceal), x])
             self.counts["concealed_samples"] += conceal
-        # As in the WebRTC track: a packet that waited longer than the deadline since it
-        # was due (left the reorderer) passes through (much cheaper) until we have caught
-        # up; a burst of packets due at once is not late.
-        self.stats.backlog_ms = 1e3 * self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE
-        waited = arrival_clock() - queued_at
-        self.stats.queue_wait_ms = 1e3 * waited
-        late = waited > self.deadline_s
+        # As in the WebRTC track, timed from when the packet was due (left the reorderer).
+        backlog_s = self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE
+        late = self.deadline.check(self.stats, backlog_s, arrival_clock() - queued_at)
         self.stats.cpu_seconds += time.thread_time() - cpu
         y = await self.runner.run(self.processor, x, late, arrived=queued_at)
         cpu = time.thread_time()

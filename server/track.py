@@ -297,6 +297,42 @@ def process_many(items: Sequence[tuple[StreamProcessor, FloatArray, bool]]) -> l
     return [proc.finish(packet) for (proc, _, _), packet in zip(items, packets, strict=True)]
 
 
+class Deadline:
+    """Whether a stream's next packet is late, for the WebRTC track and the RTP sidecar.
+
+    A packet that waited longer than `seconds` since it was decoded (or was due) means
+    the worker is not keeping up: passing frames through (about 50x cheaper) catches
+    up. A burst from the network (several packets decoded at once) is not late. Without
+    an arrival time (aiortc's decoder threads) a packet is judged by the audio queued
+    behind it, which a burst can also fill. Falling behind is logged once per
+    FAILURE_LOG_INTERVAL_S.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last_log = -math.inf
+
+    def check(self, stats: StreamStats, backlog_s: float, waited_s: float | None) -> bool:
+        stats.backlog_ms = 1e3 * backlog_s
+        if waited_s is None:
+            late = backlog_s > self.seconds
+        else:
+            stats.queue_wait_ms = 1e3 * waited_s
+            late = waited_s > self.seconds
+        if late and (now := time.monotonic()) - self._last_log >= FAILURE_LOG_INTERVAL_S:
+            self._last_log = now
+            log.warning(
+                "falling behind at packet %d: passing frames through (waited %s ms since "
+                "decoding, %.0f ms of audio queued, deadline %.0f ms; logged once per %d s)",
+                stats.packets,
+                "?" if waited_s is None else f"{1e3 * waited_s:.0f}",
+                1e3 * backlog_s,
+                1e3 * self.seconds,
+                FAILURE_LOG_INTERVAL_S,
+            )
+        return late
+
+
 def queued_frames(track: MediaStreamTrack) -> int:
     """Frames waiting in an aiortc remote track's queue (0 if it has none).
 
@@ -325,10 +361,9 @@ class EnhancedTrack(MediaStreamTrack):
         self.source = source
         self.processor = processor
         self.stats = processor.stats
-        self.deadline_s = deadline_s
+        self.deadline = Deadline(deadline_s)
         self.runner = runner
         self._resampler: av.AudioResampler | None = None
-        self._last_late_log = -math.inf
 
     async def recv(self) -> av.AudioFrame:
         frame = await self.source.recv()  # MediaStreamError here ends the stream normally
@@ -350,31 +385,10 @@ class EnhancedTrack(MediaStreamTrack):
         pts, time_base = frame.pts, frame.time_base
         if frame.sample_rate != SAMPLE_RATE:  # not Opus: bring it to the internal rate
             frame, pts, time_base = self._resample(frame)
-        # A frame that waited longer than the deadline since it was decoded means we
-        # are not keeping up: passing frames through (about 50x cheaper) catches up.
-        # A burst from the network (several frames decoded at once) is not late. Frames
-        # without an arrival stamp (aiortc's decoder threads) are judged by the audio
-        # queued behind them, which a burst can also fill.
         backlog_s = queued_frames(self.source) * frame.samples / SAMPLE_RATE
-        self.stats.backlog_ms = 1e3 * backlog_s
         arrived = arrival_time(frame)
         waited = None if arrived is None else arrival_clock() - arrived
-        if waited is None:
-            late = backlog_s > self.deadline_s
-        else:
-            self.stats.queue_wait_ms = 1e3 * waited
-            late = waited > self.deadline_s
-        if late and (now := time.monotonic()) - self._last_late_log >= FAILURE_LOG_INTERVAL_S:
-            self._last_late_log = now
-            log.warning(
-                "falling behind at packet %d: passing frames through (waited %s ms since "
-                "decoding, %.0f ms of audio queued, deadline %.0f ms; logged once per %d s)",
-                self.stats.packets,
-                "?" if waited is None else f"{1e3 * waited:.0f}",
-                1e3 * backlog_s,
-                1e3 * self.deadline_s,
-                FAILURE_LOG_INTERVAL_S,
-            )
+        late = self.deadline.check(self.stats, backlog_s, waited)
         x = to_mono(frame)
         self.stats.cpu_seconds += time.thread_time() - cpu
         y = (

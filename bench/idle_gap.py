@@ -1,0 +1,153 @@
+"""What a packet costs after the core did something else for a while (a script, not a test).
+
+In the service a stream's packet arrives every 20 ms; between two packets the core
+runs other streams, aiortc, or nothing. This measures the CPU time of one 20 ms
+packet when the previous one ran GAP ms earlier, for GAP = 0 (back to back, as
+bench/cost.py measures) up to 20 ms, with the core kept busy during the gap by a
+spin loop (so it is not the CPU sleeping or clocking down):
+
+- the enhancer on one stream (analysis, two model runs, synthesis);
+- eight streams batched as a service worker runs them (per stream);
+- the model alone, one run of one stream;
+- ONNX Runtime's fixed cost of a run: a graph of one Add node (needs `onnx`);
+- aiortc's Opus decode + encode of the packet (the codec part of a pass-through).
+
+    python bench/idle_gap.py [--packets 200] [--gaps 0,1,2,5,10,20] [--out F.json]
+
+The gaps are interleaved (every gap in turn, repeatedly), so drift of the machine's
+speed hits them alike. Times are thread CPU time (time.thread_time_ns), medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cost import batched_streams, opus_passthrough  # noqa: E402
+
+from percepnet.constants import FRAME_SIZE, NB_FEATURES  # noqa: E402
+from percepnet.enhancer import Enhancer, warm_up  # noqa: E402
+from percepnet.runtime import OnnxSource, load_model  # noqa: E402
+from tests.signals import add_noise, speechlike  # noqa: E402
+
+ROUNDS = 5
+"""Each gap is measured in this many separate slices of the run."""
+
+
+def spin(seconds: float) -> None:
+    """Keep the core busy (no sleep, no frequency drop) for `seconds`."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def one_node_run() -> Callable[[np.ndarray], object] | None:
+    """session.run of a one-node graph: what any ONNX Runtime run costs before its nodes."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    import onnxruntime as ort
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "one_add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 160])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 160])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    x = np.zeros((1, 160), np.float32)
+    return lambda _p: session.run(["y"], {"x": x})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--packets", type=int, default=200, help="per system and gap")
+    parser.add_argument("--gaps", default="0,1,2,5,10,20", help="ms between packets")
+    parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
+    parser.add_argument("--out", help="write the medians as JSON here")
+    args = parser.parse_args()
+    gaps = [float(g) for g in args.gaps.split(",")]
+    rng = np.random.default_rng(0)
+    x = add_noise(0.3 * speechlike(8.0, rng), 5.0, rng)
+    packets = x[: len(x) // (2 * FRAME_SIZE) * 2 * FRAME_SIZE].reshape(-1, 2, FRAME_SIZE)
+
+    warm_up()
+    model = load_model(args.model)
+    one = Enhancer(OnnxSource(model))
+    state = [model.initial_state()]
+    feats = np.zeros((1, NB_FEATURES), np.float32)
+
+    def model_run(_p: np.ndarray) -> object:
+        _, _, state[0] = model.step(feats, state[0])
+        return None
+
+    # (name, step, streams per call)
+    systems: list[tuple[str, Callable[[np.ndarray], object], int]] = [
+        ("enhancer, 1 stream", lambda p: one.process_frames(p.reshape(-1)), 1),
+        ("enhancer, 8 streams batched (per stream)", batched_streams(model, 8), 8),
+        ("model alone, 1 run of 1 stream", model_run, 1),
+        ("aiortc Opus decode + encode", opus_passthrough(), 1),
+    ]
+    tiny = one_node_run()
+    if tiny is not None:
+        systems.insert(3, ("ONNX Runtime, a run of a 1-node graph", tiny, 1))
+    costs: dict[tuple[str, float], list[float]] = {(n, g): [] for n, _, _ in systems for g in gaps}
+    per_slice = max(1, args.packets // ROUNDS)
+    k = 0
+    for _ in range(ROUNDS):
+        for gap in gaps:
+            for name, step, streams in systems:
+                for _ in range(per_slice):
+                    spin(gap / 1e3)
+                    p = packets[k % len(packets)]
+                    k += 1
+                    t = time.thread_time_ns()
+                    step(p)
+                    costs[(name, gap)].append((time.thread_time_ns() - t) / 1e3 / streams)
+
+    med = {key: statistics.median(v) for key, v in costs.items()}
+    head = " | ".join(f"{g:g} ms" for g in gaps)
+    print("CPU us per 20 ms packet (median), by the time since the previous packet\n")
+    print(f"| system | {head} | {gaps[-1]:g} ms / 0 ms |")
+    print("|---|" + "---:|" * (len(gaps) + 1))
+    for name, _, _ in systems:
+        cells = " | ".join(f"{med[(name, g)]:.0f}" for g in gaps)
+        print(f"| {name} | {cells} | {med[(name, gaps[-1])] / med[(name, gaps[0])]:.2f} |")
+    opus = "aiortc Opus decode + encode"
+    ratios = " | ".join(f"{med[('enhancer, 1 stream', g)] / med[(opus, g)]:.2f}" for g in gaps)
+    print(f"| enhancer (1 stream) / Opus | {ratios} | |")
+    if args.out:
+        rows = [
+            {"system": n, "gap_ms": g, "median_us": med[(n, g)], "samples": len(costs[(n, g)])}
+            for n, _, _ in systems
+            for g in gaps
+        ]
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

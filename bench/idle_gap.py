@@ -4,7 +4,11 @@ In the service a stream's packet arrives every 20 ms; between two packets the co
 runs other streams, aiortc, or nothing. This measures the CPU time of one 20 ms
 packet when the previous one ran GAP ms earlier, for GAP = 0 (back to back, as
 bench/cost.py measures) up to 20 ms, with the core kept busy during the gap by a
-spin loop (so it is not the CPU sleeping or clocking down):
+spin loop (so it is not the CPU sleeping or clocking down). One more column runs each
+packet right after reading --read-mb MB of memory instead (no gap): how much of the
+effect evicting the data caches alone explains.
+
+Systems:
 
 - the enhancer on one stream (analysis, two model runs, synthesis);
 - eight streams batched as a service worker runs them (per stream);
@@ -86,10 +90,19 @@ def main() -> int:
     )
     parser.add_argument("--packets", type=int, default=200, help="per system and gap")
     parser.add_argument("--gaps", default="0,1,2,5,10,20", help="ms between packets")
+    parser.add_argument("--read-mb", type=float, default=16.0, help="0: no read column")
     parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
     parser.add_argument("--out", help="write the medians as JSON here")
     args = parser.parse_args()
     gaps = [float(g) for g in args.gaps.split(",")]
+    junk = np.ones(int(args.read_mb * 2**20 / 8))
+    # (column label, what runs before each packet)
+    conditions: list[tuple[str, Callable[[], object]]] = [
+        (f"{g:g} ms", lambda g=g: spin(g / 1e3)) for g in gaps
+    ]
+    if args.read_mb > 0:
+        conditions.append((f"{args.read_mb:g} MB read", junk.sum))
+    labels = [label for label, _ in conditions]
     rng = np.random.default_rng(0)
     x = add_noise(0.3 * speechlike(8.0, rng), 5.0, rng)
     packets = x[: len(x) // (2 * FRAME_SIZE) * 2 * FRAME_SIZE].reshape(-1, 2, FRAME_SIZE)
@@ -114,36 +127,36 @@ def main() -> int:
     tiny = one_node_run()
     if tiny is not None:
         systems.insert(3, ("ONNX Runtime, a run of a 1-node graph", tiny, 1))
-    costs: dict[tuple[str, float], list[float]] = {(n, g): [] for n, _, _ in systems for g in gaps}
+    costs: dict[tuple[str, str], list[float]] = {(n, c): [] for n, _, _ in systems for c in labels}
     per_slice = max(1, args.packets // ROUNDS)
     k = 0
     for _ in range(ROUNDS):
-        for gap in gaps:
+        for label, before in conditions:
             for name, step, streams in systems:
                 for _ in range(per_slice):
-                    spin(gap / 1e3)
+                    before()
                     p = packets[k % len(packets)]
                     k += 1
                     t = time.thread_time_ns()
                     step(p)
-                    costs[(name, gap)].append((time.thread_time_ns() - t) / 1e3 / streams)
+                    costs[(name, label)].append((time.thread_time_ns() - t) / 1e3 / streams)
 
     med = {key: statistics.median(v) for key, v in costs.items()}
-    head = " | ".join(f"{g:g} ms" for g in gaps)
+    first, last = labels[0], labels[len(gaps) - 1]
     print("CPU us per 20 ms packet (median), by the time since the previous packet\n")
-    print(f"| system | {head} | {gaps[-1]:g} ms / 0 ms |")
-    print("|---|" + "---:|" * (len(gaps) + 1))
+    print(f"| system | {' | '.join(labels)} | {last} / {first} |")
+    print("|---|" + "---:|" * (len(labels) + 1))
     for name, _, _ in systems:
-        cells = " | ".join(f"{med[(name, g)]:.0f}" for g in gaps)
-        print(f"| {name} | {cells} | {med[(name, gaps[-1])] / med[(name, gaps[0])]:.2f} |")
+        cells = " | ".join(f"{med[(name, c)]:.0f}" for c in labels)
+        print(f"| {name} | {cells} | {med[(name, last)] / med[(name, first)]:.2f} |")
     opus = "aiortc Opus decode + encode"
-    ratios = " | ".join(f"{med[('enhancer, 1 stream', g)] / med[(opus, g)]:.2f}" for g in gaps)
+    ratios = " | ".join(f"{med[('enhancer, 1 stream', c)] / med[(opus, c)]:.2f}" for c in labels)
     print(f"| enhancer (1 stream) / Opus | {ratios} | |")
     if args.out:
         rows = [
-            {"system": n, "gap_ms": g, "median_us": med[(n, g)], "samples": len(costs[(n, g)])}
+            {"system": n, "before": c, "median_us": med[(n, c)], "samples": len(costs[(n, c)])}
             for n, _, _ in systems
-            for g in gaps
+            for c in labels
         ]
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -153,5 +153,7 @@ SERVER_PID=""
 if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then
   log "something still serves port $PORT after the stop"; exit 1
 fi
-grep -q "worker 0 stopped" "$WORK/server.log" || { log "no clean drain in the log"; exit 1; }
+grep -q "worker 0 stopped" "$WORK/server.log" || {
+  log "no clean drain in the log; its end:"; tail -40 "$WORK/server.log" >&2; exit 1
+}
 log "OK: image $IMAGE ($(buildah images --format '{{.Size}}' "$IMAGE" | head -1)), ready in $ready s"

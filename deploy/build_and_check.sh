@@ -27,11 +27,25 @@ descendants() {  # process ids under $1 (the buildah run process), deepest last
   local child
   for child in $(pgrep -P "$1" 2>/dev/null); do echo "$child"; descendants "$child"; done
 }
+service_main() {  # the container's main process: percepnet-server itself, not buildah's
+  local pid       # run / chroot-runtime / chroot-exec processes above it
+  for pid in $(descendants "$SERVER_PID"); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "python3 .*percepnet-server"; then
+      echo "$pid"; return 0
+    fi
+  done
+  return 1
+}
 stop_server() {  # SIGTERM (the service drains), then make sure the whole tree is gone
-  local pids
+  # Like `docker stop`: SIGTERM to the service's main process only (it forwards to its
+  # workers). Signalling buildah's own processes too may let them tear the container down
+  # while the workers still drain.
+  local pids main
   pids="$SERVER_PID $(descendants "$SERVER_PID")"
+  main=$(service_main) || main=$pids
+  log "SIGTERM to $main"
   # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
+  kill -TERM $main 2>/dev/null || true
   for _ in $(seq 150); do
     # shellcheck disable=SC2086
     kill -0 $pids 2>/dev/null || return 0

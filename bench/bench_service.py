@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -291,6 +292,20 @@ def stream_cpu_delta(before: dict[str, float], after: dict[str, float]) -> float
     )
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes], tries: int = 150) -> bool:
+    """Poll url's /readyz every 0.2 s: True once it answers, False if `proc` exits first
+    or it has not answered after `tries` polls."""
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=1)
+            return True
+        except OSError:
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.2)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -375,15 +390,9 @@ def main() -> int:
     rows: list[Row] = []
     try:
         for name, (server_url, proc) in servers.items():
-            for _ in range(150):
-                try:
-                    urllib.request.urlopen(server_url + "/readyz", timeout=1)
-                    break
-                except OSError:
-                    if proc.poll() is not None:
-                        print(f"{name} server failed to start", file=sys.stderr)
-                        return 1
-                    time.sleep(0.2)
+            if not wait_ready(server_url, proc) and proc.poll() is not None:
+                print(f"{name} server failed to start", file=sys.stderr)
+                return 1
         print(f"server: {args.workers} worker(s), offload={args.offload} "
               f"(window {args.batch_window_ms:g} ms), enhancer: {enhancer}; "
               f"{os.cpu_count()} cores, {args.clients} client processes"
@@ -445,8 +454,6 @@ def enhance_ratios(by: dict[tuple[str, int, int], Row], base: str) -> dict[tuple
 
 
 def median_by_n(ratios: dict[tuple[int, int], float]) -> dict[int, float]:
-    import statistics
-
     return {
         n: statistics.median(v for (m, _), v in ratios.items() if m == n)
         for n in sorted({n for n, _ in ratios})
@@ -456,8 +463,6 @@ def median_by_n(ratios: dict[tuple[int, int], float]) -> dict[int, float]:
 def summarise(rows: list[Row]) -> dict[str, object]:
     """Enhancement overhead over pass-through (median over N and repeats; and per N) and
     the largest clean N."""
-    import statistics
-
     by = {(r.mode, r.streams, r.repeat): r for r in rows if not r.error}
     pairs = enhance_ratios(by, "passthrough")
     ratios = list(pairs.values())

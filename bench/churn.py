@@ -23,26 +23,33 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_service import delta, free_port, quantile, scrape  # noqa: E402
+from bench_service import delta, free_port, quantile, scrape, wait_ready  # noqa: E402
 
 LATE = 'percepnet_frames_total{outcome="bypassed"}'
 PROCESSED = 'percepnet_frames_total{outcome="processed"}'
 LAG = "percepnet_event_loop_lag_seconds"
 
 
+def noisy_clip(seed: int) -> np.ndarray:
+    """4 s of speech-like signal in white noise at 10 dB SNR, for a looping ClipTrack."""
+    from server.clips import mix_at_snr, speech_like, white_noise
+
+    return mix_at_snr(speech_like(4.0, seed=seed), white_noise(4.0, 1.0, seed=seed + 1), 10.0)
+
+
 async def churn(url: str, until: float) -> int:
     """Join, hold 1 s, leave, wait 1 s, until `until` (monotonic): the peers it made."""
     from server.client import ClientPeer, ClipTrack
-    from server.clips import mix_at_snr, speech_like, white_noise
 
-    clip = mix_at_snr(speech_like(4.0, seed=3), white_noise(4.0, 1.0, seed=4), 10.0)
+    clip = noisy_clip(seed=3)
     made = 0
     while time.monotonic() < until - 2.0:
         peer = await ClientPeer.connect(url, ClipTrack(clip, loop=True), mode="passthrough")
@@ -60,9 +67,8 @@ def churn_main(url: str, seconds: float) -> None:
 
 async def steady_windows(args: argparse.Namespace, url: str) -> list[dict[str, object]]:
     from server.client import ClientPeer, ClipTrack
-    from server.clips import mix_at_snr, speech_like, white_noise
 
-    clip = mix_at_snr(speech_like(4.0, seed=1), white_noise(4.0, 1.0, seed=2), 10.0)
+    clip = noisy_clip(seed=1)
     peers = [
         await ClientPeer.connect(url, ClipTrack(clip, loop=True), mode="enhance")
         for _ in range(args.streams)
@@ -86,7 +92,7 @@ async def steady_windows(args: argparse.Namespace, url: str) -> list[dict[str, o
                 if churner is not None:
                     out, _ = await asyncio.wait_for(churner.communicate(), 30)
                     made = int(out.decode().strip() or 0)
-                row = {
+                row: dict[str, object] = {
                     "repeat": repeat,
                     "window": kind,
                     "peers_joined_and_left": made,
@@ -144,13 +150,7 @@ def main() -> int:
     if args.pin:
         os.sched_setaffinity(0, set(cores[1:]))  # this process and the churn client
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/readyz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
+        if not wait_ready(url, server, tries=300):
             print("server did not become ready", file=sys.stderr)
             return 1
         rows = asyncio.run(steady_windows(args, url))

@@ -349,7 +349,8 @@ def main() -> int:
         "--stock-baseline",
         action="store_true",
         help="also run a second server with stock aiortc media (--inline-codecs off "
-        "--opus-complexity 10) and measure its pass-through at each N: mode stock-pass",
+        "--opus-complexity 10 --receive-buffer aiortc) and measure its pass-through at "
+        "each N: mode stock-pass",
     )
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
@@ -384,7 +385,7 @@ def main() -> int:
     if args.stock_baseline:
         stock_port = free_port()
         stock_cmd = [*cmd, "--port", str(stock_port), "--inline-codecs", "off",
-                     "--opus-complexity", "10"]  # fmt: skip
+                     "--opus-complexity", "10", "--receive-buffer", "aiortc"]  # fmt: skip
         servers["stock"] = (f"http://127.0.0.1:{stock_port}", start(stock_cmd))
     modes = args.modes.split(",") + (["stock-pass"] if args.stock_baseline else [])
     rows: list[Row] = []

@@ -23,6 +23,16 @@
    rate, complexity 5 cost 31 % less encoder CPU here for the same quality (PESQ-WB of
    an Opus round trip of 8 LJSpeech clips: 4.570 at 10, 4.567 at 5;
    results/opus_complexity.md).
+
+4. The audio receive buffer (`relay_buffer`). aiortc gives each audio receiver a
+   JitterBuffer(capacity=16, prefetch=4): a packet is decoded only once four later ones
+   have arrived, 80 ms after it came in. After a single lost packet it waits until 16
+   packets are queued, drops the four before the gap, and from then on every packet
+   waits 14 others out: 280 ms for the rest of the call (aiortc issue #543). That
+   buffer is meant for playout; this service relays, and its peer plays out through a
+   jitter buffer of its own. `RelayJitterBuffer` only puts packets back in order
+   (server/reorder.py): a packet in sequence is decoded as it arrives, and only a gap
+   holds the packets behind it, at most RELAY_MAX_HELD of them.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +52,11 @@ import aiortc.rtp
 import numpy as np
 from aiortc.codecs import get_decoder
 from aiortc.codecs.opus import OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtp import RtpPacket
 from av import AudioFrame
+
+from server.reorder import Reorderer, ReorderStats
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +108,85 @@ class InlineDecoder:
             self._decoder = None
             return
         codec, encoded_frame = task
-        try:
-            if codec.name != self._codec_name:
-                self._decoder, self._codec_name = get_decoder(codec), codec.name
-            frames = self._decoder.decode(encoded_frame)
-        except Exception as exc:  # keep the decoder state, as aiortc does; never raise
-            # into aiortc's packet handler, which runs the whole transport
-            log.warning("failed to decode %s frame: %s", codec.name, exc)
-            if self._error is not None:
-                self._error.set()
+        for one in expand(encoded_frame):
+            try:
+                if codec.name != self._codec_name:
+                    self._decoder, self._codec_name = get_decoder(codec), codec.name
+                frames = self._decoder.decode(one)
+            except Exception as exc:  # keep the decoder state, as aiortc does; never raise
+                # into aiortc's packet handler, which runs the whole transport
+                log.warning("failed to decode %s frame: %s", codec.name, exc)
+                if self._error is not None:
+                    self._error.set()
+                continue
+            arrived = arrival_clock()
+            for frame in frames:
+                frame.opaque = arrived  # when it was ready for us (the track's deadline)
+                self._output.put_nowait(frame)
+
+
+RELAY_MAX_HELD = 1
+"""Packets an audio receiver holds behind a missing one before giving it up as lost: a
+packet may arrive one place late (swapped with its neighbour). A loss then delays the
+packet after it by one packet time (20 ms); each packet more held would add 20 ms to the
+next one too (bench/latency.py --loss-every). One reordered further arrives after its
+place was given up and is dropped as late."""
+
+
+class RelayFrame(JitterFrame):
+    """An encoded frame and those that became due with it, as (RTP timestamp offset from
+    this one, data): aiortc's receiver takes one frame per packet from its buffer, and the
+    packet that fills a gap (or gives up on it) releases the ones held behind the gap."""
+
+    def __init__(self, data: bytes, timestamp: int, following: list[tuple[int, bytes]]) -> None:
+        super().__init__(data=data, timestamp=timestamp)
+        self.following = following
+
+
+def expand(frame: JitterFrame) -> list[JitterFrame]:
+    """The frames a RelayFrame carries, each timestamped on the receiver's mapped clock
+    like the first; any other frame alone."""
+    following: list[tuple[int, bytes]] = getattr(frame, "following", [])
+    return [frame, *(JitterFrame(data=d, timestamp=frame.timestamp + dt) for dt, d in following)]
+
+
+class RelayJitterBuffer:
+    """Takes the place of an audio receiver's aiortc JitterBuffer (same `add`): packets
+    in sequence order, each as soon as it is due (see the module doc, item 4)."""
+
+    def __init__(self, max_held: int = RELAY_MAX_HELD) -> None:
+        self.reorderer = Reorderer(max_held)
+
+    @property
+    def stats(self) -> ReorderStats:
+        return self.reorderer.stats
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """(PLI wanted: never, for audio; the frame now due or None)."""
+        due = self.reorderer.push(packet)
+        if not due:
+            return False, None
+        first, *rest = due
+        following = [((p.timestamp - first.timestamp) & 0xFFFFFFFF, _data(p)) for p in rest]
+        return False, RelayFrame(_data(first), first.timestamp, following)
+
+
+def _data(packet: RtpPacket) -> bytes:
+    data = getattr(packet, "_data", b"")  # the depayloaded frame aiortc's receiver attached
+    return data if isinstance(data, bytes) else b""
+
+
+class ExpandingQueue(queue.Queue[Any]):
+    """The decoder queue of an audio receiver that keeps aiortc's decoder thread: each
+    RelayFrame goes in as the frames it carries."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:  # the end of the track
+            super().put(item, block, timeout)
             return
-        arrived = arrival_clock()
-        for frame in frames:
-            frame.opaque = arrived  # when it was ready for us (the track's deadline)
-            self._output.put_nowait(frame)
+        codec, frame = item
+        for one in expand(frame):
+            super().put((codec, one), block, timeout)
 
 
 class InlineExecutorLoop:
@@ -153,13 +233,28 @@ def _get_encoder(codec: Any) -> Any:
 
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _DECODER_ERROR = "_RTCRtpReceiver__decoder_error"
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _SENDER_LOOP = "_RTCRtpSender__loop"
+_hooks = {"inline_codecs": False, "relay_buffer": False}
+"""What _receiver_init puts in an audio receiver (set by install)."""
 
 
 def _receiver_init(self: Any, kind: str, *args: Any, **kwargs: Any) -> None:
     _ORIGINAL["receiver_init"](self, kind, *args, **kwargs)
-    if kind == "audio" and hasattr(self, _DECODER_QUEUE) and hasattr(self, _DECODER_ERROR):
+    if kind != "audio" or not hasattr(self, _DECODER_QUEUE):
+        return
+    if _hooks["inline_codecs"] and hasattr(self, _DECODER_ERROR):
         setattr(self, _DECODER_QUEUE, InlineDecoder())
+    if _hooks["relay_buffer"] and hasattr(self, _JITTER_BUFFER):
+        if not isinstance(getattr(self, _DECODER_QUEUE), InlineDecoder):
+            setattr(self, _DECODER_QUEUE, ExpandingQueue())
+        setattr(self, _JITTER_BUFFER, RelayJitterBuffer())
+
+
+def receive_stats(receiver: Any) -> ReorderStats | None:
+    """A receiver's packet counts (lost, late, duplicate) if it has a RelayJitterBuffer."""
+    buffer = getattr(receiver, _JITTER_BUFFER, None)
+    return buffer.stats if isinstance(buffer, RelayJitterBuffer) else None
 
 
 async def _receiver_receive(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -201,14 +296,40 @@ def inline_codecs_supported() -> bool:
     )
 
 
+def relay_buffer_supported() -> bool:
+    """Whether this aiortc's receiver takes its audio frames from the buffer the relay
+    hook replaces, one `add(packet)` per packet, into the decoder queue."""
+    import inspect
+
+    try:
+        handle_src = inspect.getsource(_RECEIVER._handle_rtp_packet)
+        init_src = inspect.getsource(_ORIGINAL["receiver_init"])
+    except (OSError, TypeError):
+        return False
+    return (
+        "self.__jitter_buffer = JitterBuffer(" in init_src
+        and "self.__jitter_buffer.add(packet)" in handle_src
+        and "self.__decoder_queue.put((codec, encoded_frame))" in handle_src
+    )
+
+
 def inline_codecs_installed() -> bool:
-    return _RECEIVER.__init__ is _receiver_init
+    return _RECEIVER.__init__ is _receiver_init and _hooks["inline_codecs"]
 
 
-def install(*, inline_codecs: bool = True, opus_complexity: int = OPUS_DEFAULT_COMPLEXITY) -> bool:
-    """Swap the vectorised audio level in, the inline codecs in or out, and set the Opus
-    encoders' complexity for senders made from now on (idempotent; process-wide).
-    Returns whether inline codecs are on."""
+def relay_buffer_installed() -> bool:
+    return _RECEIVER.__init__ is _receiver_init and _hooks["relay_buffer"]
+
+
+def install(
+    *,
+    inline_codecs: bool = True,
+    relay_buffer: bool = True,
+    opus_complexity: int = OPUS_DEFAULT_COMPLEXITY,
+) -> bool:
+    """Swap the vectorised audio level in, the inline codecs and the relay receive buffer
+    in or out, and set the Opus encoders' complexity, for peer connections made from now
+    on (idempotent; process-wide). Returns whether inline codecs are on."""
     global _opus_complexity
     if not 0 <= opus_complexity <= 10:
         raise ValueError(f"Opus complexity must be 0-10, not {opus_complexity}")
@@ -221,13 +342,23 @@ def install(*, inline_codecs: bool = True, opus_complexity: int = OPUS_DEFAULT_C
             aiortc.__version__,
         )
         inline_codecs = False
+    if relay_buffer and not relay_buffer_supported():
+        log.warning(
+            "aiortc %s: the relay receive buffer does not fit this version; audio keeps "
+            "aiortc's jitter buffer (80 ms)",
+            aiortc.__version__,
+        )
+        relay_buffer = False
+    _hooks.update(inline_codecs=inline_codecs, relay_buffer=relay_buffer)
+    hook_receiver = inline_codecs or relay_buffer
+    _RECEIVER.__init__ = (  # type: ignore[method-assign]
+        _receiver_init if hook_receiver else _ORIGINAL["receiver_init"]
+    )
     if inline_codecs:
-        _RECEIVER.__init__ = _receiver_init  # type: ignore[method-assign]
         _RECEIVER.receive = _receiver_receive  # type: ignore[method-assign]
         _SENDER.__init__ = _sender_init  # type: ignore[method-assign,assignment]
         aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
     else:
-        _RECEIVER.__init__ = _ORIGINAL["receiver_init"]  # type: ignore[method-assign]
         _RECEIVER.receive = _ORIGINAL["receiver_receive"]  # type: ignore[method-assign]
         _SENDER.__init__ = _ORIGINAL["sender_init"]  # type: ignore[method-assign]
         if _ORIGINAL["decoder_worker"] is not None:

@@ -301,7 +301,9 @@ def create_app(
 ) -> web.Application:
     """One worker's app. The factory makes one Enhancer per stream (model loaded already)."""
     aiortc_speedups.install(
-        inline_codecs=config.inline_codecs, opus_complexity=config.opus_complexity
+        inline_codecs=config.inline_codecs,
+        relay_buffer=config.receive_buffer == "relay",
+        opus_complexity=config.opus_complexity,
     )
     app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
     app_metrics = Metrics(per_stream_limit=config.per_stream_metrics_limit)

@@ -46,14 +46,14 @@ class ClipTrack(MediaStreamTrack):
         self.loop = loop
         self.end = end
         self.sent = 0  # frames sent
-        self._start: float | None = None
+        self.started: float | None = None  # time.monotonic() of the first frame
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.sent * PACKET_SAMPLES / SAMPLE_RATE
+        if self.started is None:
+            self.started = time.monotonic()
+        due = self.started + self.sent * PACKET_SAMPLES / SAMPLE_RATE
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -83,6 +83,16 @@ class Received:
     arrival: list[float] = field(default_factory=list)
     chunks: list[FloatArray] = field(default_factory=list)
     formats: set[tuple[str, str, int, int]] = field(default_factory=set)
+
+
+def round_trip_ms(received: Received, track: ClipTrack) -> FloatArray:
+    """For each frame that came back: milliseconds from when `track` sent the frame with
+    that pts to when it came back (the service keeps the input's pts). The service's
+    algorithmic delay is inside the audio, not in this time: lag_of measures that."""
+    if track.started is None:
+        return np.zeros(0)
+    pts = np.asarray(received.pts, dtype=np.float64)
+    return 1e3 * (np.asarray(received.arrival) - (track.started + pts / SAMPLE_RATE))
 
 
 class ClientPeer:

@@ -68,6 +68,10 @@ class Config:
     inline_codecs: bool = True
     """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
     hand-offs cost more than the codec; server/aiortc_speedups.py)."""
+    receive_buffer: str = "relay"
+    """WebRTC audio in: relay (each packet decoded as it arrives in order; only a gap holds
+    the packet after it, 20 ms) or aiortc (its playout buffer: every packet waits four more, 80 ms;
+    server/aiortc_speedups.py item 4)."""
     opus_complexity: int = 5
     """libopus encoder complexity 0-10 for what WebRTC peers get back (aiortc's default is
     10; at its 96 kbit/s, 5 costs about a third less CPU at the same measured quality,
@@ -99,6 +103,10 @@ class Config:
             raise ConfigError("more workers than max streams")
         if self.offload not in ("batch", "inline", "thread"):
             raise ConfigError(f"offload must be batch, inline or thread, not {self.offload!r}")
+        if self.receive_buffer not in ("relay", "aiortc"):
+            raise ConfigError(
+                f"receive buffer must be relay or aiortc, not {self.receive_buffer!r}"
+            )
         if not 0 <= self.batch_window_ms <= 20:
             raise ConfigError(f"batch window must be 0-20 ms, not {self.batch_window_ms}")
         if not 0 <= self.opus_complexity <= 10:
@@ -190,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Opus decode/encode on the event loop (on, default) or in aiortc's threads",
     )
     p.add_argument(
+        "--receive-buffer",
+        choices=["relay", "aiortc"],
+        help="WebRTC audio in: decoded in order as it arrives (relay, default) or after "
+        "aiortc's 80 ms playout buffer (aiortc)",
+    )
+    p.add_argument(
         "--opus-complexity",
         type=int,
         help="libopus complexity 0-10 of the audio sent back to WebRTC peers (5; aiortc: 10)",
@@ -228,7 +242,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
             except ValueError as exc:
                 raise ConfigError(f"{name}: not a number: {raw!r}") from exc
 
-    for name in ("host", "auth_token", "offload", "log_level"):
+    for name in ("host", "auth_token", "offload", "receive_buffer", "log_level"):
         raw = get(name)
         if raw is not None and raw != "":
             kw[name] = raw

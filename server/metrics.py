@@ -21,6 +21,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 # Event-loop lag: how late a periodic wake-up ran (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+RECEIVE_OUTCOMES = ("lost", "late", "duplicate")
 
 
 class Metrics:
@@ -109,6 +110,13 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.received_packets = Counter(
+            "percepnet_webrtc_audio_packets",
+            "WebRTC audio packets the receive buffer did not pass on in order: lost (given "
+            "up on after RELAY_MAX_HELD later packets), late (arrived after that), duplicate",
+            ["outcome"],
+            registry=r,
+        )
         self.draining = Gauge("percepnet_draining", "1 while draining on SIGTERM", registry=r)
         for outcome in ("processed", "bypassed", "failed"):
             self.frames.labels(outcome)
@@ -116,6 +124,8 @@ class Metrics:
             self.sessions.labels(outcome)
         for outcome in ("applied", "ignored"):
             self.control_messages.labels(outcome)
+        for outcome in RECEIVE_OUTCOMES:
+            self.received_packets.labels(outcome)
 
     def stream_started(self, stream_id: str) -> bool:
         """Reserve per-stream series for `stream_id`; False when the cap is reached."""

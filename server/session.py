@@ -22,6 +22,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
@@ -29,9 +30,10 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
 from percepnet.enhancer import Enhancer
+from server import aiortc_speedups
 from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
-from server.metrics import Metrics
+from server.metrics import RECEIVE_OUTCOMES, Metrics
 from server.track import EnhancedTrack, StreamProcessor, StreamStats
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,14 @@ class Session:
     closed: bool = False
     cpu_mark: tuple[float, float] = field(default_factory=lambda: (time.monotonic(), 0.0))
     cpu_percent: float = 0.0
+    receiver: RTCRtpReceiver | None = None
+    packet_counts: dict[str, int] = field(default_factory=dict)  # reported to metrics so far
+
+    def receive_counts(self) -> dict[str, int] | None:
+        """Audio packets lost / late / duplicate at this stream's receive buffer (None: not
+        the relay buffer, see server/aiortc_speedups.py)."""
+        stats = aiortc_speedups.receive_stats(self.receiver)
+        return None if stats is None else {k: getattr(stats, k) for k in RECEIVE_OUTCOMES}
 
     def apply(self, settings: dict[str, Any]) -> None:
         if "enabled" in settings:
@@ -170,6 +180,7 @@ class Session:
             "level_out_db": round(s.level_out_db, 2),
             "backlog_ms": round(s.backlog_ms, 2),
             "queue_wait_ms": round(s.queue_wait_ms, 2),
+            **{f"packets_{k}": v for k, v in (self.receive_counts() or {}).items()},
             "cpu_percent": round(self.cpu_percent, 3),
             "age_s": round(time.monotonic() - self.created, 3),
         }
@@ -297,6 +308,7 @@ class SessionManager:
             if len(audio) != 1 or len(transceivers) != 1:
                 raise BadOffer("the offer must carry exactly one audio stream (no video)")
             receiver_track = audio[0].receiver.track
+            session.receiver = audio[0].receiver
             opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
             audio[0].setCodecPreferences(opus)
             session.processor = StreamProcessor(enhancer, self.metrics, session.stats)
@@ -459,12 +471,21 @@ class SessionManager:
             self._close_soon(session.id, "closed")
             return
         self._cpu_percent(session, now)
+        self._count_packets(session)
         snap = session.snapshot()
         self.metrics.stream_update(session.id, s.cpu_seconds, snap["voice_activity"] or 0.0)
         channel = session.channel
         if channel is not None and channel.readyState == "open":
             snap["type"] = "stats"
             channel.send(json.dumps(snap))
+
+    def _count_packets(self, session: Session) -> None:
+        """Add what the stream's receive buffer counted since the last tick to the metric."""
+        for outcome, count in (session.receive_counts() or {}).items():
+            new = count - session.packet_counts.get(outcome, 0)
+            if new > 0:
+                self.metrics.received_packets.labels(outcome).inc(new)
+                session.packet_counts[outcome] = count
 
     @staticmethod
     def _cpu_percent(session: Session, now: float) -> float:

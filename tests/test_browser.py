@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,6 +148,8 @@ async def test_browser_page_reduces_noise(which: str, noisy_wav: Path, tmp_path:
                 bypassed = decode(await page.evaluate(f"window.percepnet.record({RECORD_S})"))
                 session_text = await page.text_content("#session")
                 vad_text = await page.text_content("#vad-value")
+                loss_text = await page.text_content("#loss")
+                playout_text = await page.text_content("#playout")
                 manager = app[MANAGER_KEY]
                 assert manager.active == 1
                 snap = manager.get(str(session_text)).snapshot()
@@ -161,6 +164,8 @@ async def test_browser_page_reduces_noise(which: str, noisy_wav: Path, tmp_path:
     assert snap["enabled"] is False and snap["frames_processed"] > 500
     assert snap["frames_bypassed"] == 0 and snap["frames_failed"] == 0
     assert vad_text not in (None, "", "–")
+    assert loss_text == "0 / 0"  # packets lost / late at the server's receive buffer
+    assert re.fullmatch(r"\d+\.\d ms", playout_text or ""), playout_text  # the browser's own
     on, off = frame_levels_db(enhanced), frame_levels_db(bypassed)
     assert np.percentile(off, 95) > -40, "bypassed recording is (nearly) silent"
     floor_drop = np.percentile(off, 10) - np.percentile(on, 10)  # noise in the pauses

@@ -28,11 +28,11 @@ from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.clips import mix_at_snr, speech_like, white_noise
+from server.reorder import Reorderer
 from server.rtp import (
     RTP_KEY,
     OpusDecoder,
     OpusEncoder,
-    Reorderer,
     RtpSettings,
     RtpSetupError,
     parse_request,

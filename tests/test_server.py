@@ -23,13 +23,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtp import is_rtcp
 
 from percepnet.analysis import Frames
 from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
 from server import aiortc_speedups
 from server.app import MANAGER_KEY, create_app
-from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, SignallingError
+from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, SignallingError, round_trip_ms
 from server.clips import speech_like
 from server.config import Config
 
@@ -219,6 +220,65 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         await enhanced.close()
         await baseline.close()
         assert srv.manager.active == 0
+
+
+def drop_rtp_packet(peer: ClientPeer, number: int) -> None:
+    """Make the client's sender lose its `number`-th RTP packet (1-based) on the way out."""
+    transport: Any = peer.pc.getSenders()[0].transport
+    send = transport._send_rtp
+    sent = 0
+
+    async def lossy(data: bytes) -> None:
+        nonlocal sent
+        if not is_rtcp(data):
+            sent += 1
+            if sent == number:
+                return
+        await send(data)
+
+    transport._send_rtp = lossy
+
+
+@pytest.mark.parametrize("buffer", ["relay", "aiortc"])
+async def test_audio_comes_back_as_soon_as_it_is_processed(buffer: str) -> None:
+    # In-process the client's receiver gets the same receive buffer as the server's.
+    async with serve(receive_buffer=buffer) as srv:
+        assert aiortc_speedups.relay_buffer_installed() == (buffer == "relay")
+        track = ClipTrack(CLIP)
+        peer = await ClientPeer.connect(srv.url, track)
+        async with asyncio.timeout(20):
+            await peer.wait_received(len(CLIP) / SAMPLE_RATE)
+        delay = float(np.median(round_trip_ms(peer.received, track)[10:]))
+        if buffer == "relay":  # each packet is decoded as it arrives, at both ends
+            assert delay < 20, delay
+        else:  # aiortc's playout buffer holds four packets (80 ms) at each end
+            assert delay > 150, delay
+        await peer.close()
+    aiortc_speedups.install()
+
+
+async def test_a_lost_packet_costs_that_packet_only() -> None:
+    async with serve() as srv:
+        track = ClipTrack(CLIP)
+        peer = await ClientPeer.connect(srv.url, track)
+        drop_rtp_packet(peer, 30)
+        async with asyncio.timeout(20):
+            await peer.wait_received(len(CLIP) / SAMPLE_RATE)
+        pts = np.asarray(peer.received.pts)
+        steps = np.diff(pts)
+        # exactly one 20 ms packet missing from what came back (aiortc's buffer drops the
+        # four before a gap as well, and delays every later packet by 14 more)
+        assert list(steps[steps != PACKET_SAMPLES]) == [2 * PACKET_SAMPLES], steps
+        gap = pts[1:][steps != PACKET_SAMPLES][0]
+        delays = round_trip_ms(peer.received, track)
+        assert np.median(delays[pts > gap + 5 * PACKET_SAMPLES]) < 20  # no lasting delay
+        await asyncio.sleep(3 * Config.stats_interval_s)  # the stats tick counts it
+        _, stream, _ = await srv.get(f"/streams/{peer.session_id}")
+        assert (stream["packets_lost"], stream["packets_late"]) == (1, 0)
+        assert await srv.metric("percepnet_webrtc_audio_packets_total", outcome="lost") == 1
+        assert await srv.metric("percepnet_webrtc_audio_packets_total", outcome="late") == 0
+        assert stream["frames_bypassed"] == 0 and stream["frames_failed"] == 0
+        await peer.close()
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline-codecs", "aiortc-threads"])

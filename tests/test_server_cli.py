@@ -11,27 +11,37 @@ import sys
 from asyncio.subprocess import Process
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import aiortc.jitterbuffer
 import aiortc.rtcrtpsender
 import aiortc.rtp
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket
 from prometheus_client import CollectorRegistry, generate_latest
 
 from percepnet.enhancer import Enhancer
 from server.__main__ import main
 from server.aiortc_speedups import (
     OPUS_DEFAULT_COMPLEXITY,
+    ExpandingQueue,
+    InlineDecoder,
+    RelayJitterBuffer,
+    expand,
     install,
     numpy_audio_level_dbov,
     original_audio_level_dbov,
+    receive_stats,
+    relay_buffer_installed,
 )
 from server.app import create_app
 from server.client import ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
 from server.config import Config, ConfigError, IceServer, load_config, parse_ice_server
 from server.metrics import Metrics
+from server.reorder import ReorderStats
 from server.router import _MergedCollector, merge_metrics
 from server.track import to_stereo_s16
 
@@ -280,8 +290,6 @@ def test_inline_decoder_decodes_skips_garbage_and_ends_the_track() -> None:
     from aiortc.jitterbuffer import JitterFrame
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-    from server.aiortc_speedups import InlineDecoder
-
     codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
     payloads = _opus_payloads(5)
     install()
@@ -303,6 +311,104 @@ def test_inline_decoder_decodes_skips_garbage_and_ends_the_track() -> None:
     while out.qsize() > 1:
         out.get_nowait()
     assert out.get_nowait() is None  # the end of the track, as aiortc signals it
+
+
+def _packet(seq: int, timestamp: int | None = None) -> RtpPacket:
+    """An audio RTP packet as aiortc's receiver hands it to its buffer (payload attached)."""
+    packet = RtpPacket(payload_type=111, sequence_number=seq & 0xFFFF)
+    packet.timestamp = (960 * seq if timestamp is None else timestamp) & 0xFFFFFFFF
+    packet._data = f"p{seq}".encode()  # type: ignore[attr-defined]
+    return packet
+
+
+def _released(buffer: Any, seqs: list[int]) -> list[list[bytes]]:
+    """For each packet added, the payloads its add() released (expanded)."""
+    out = []
+    for seq in seqs:
+        pli, frame = buffer.add(_packet(seq))
+        assert pli is False
+        out.append([f.data for f in expand(frame)] if frame is not None else [])
+    return out
+
+
+def test_relay_buffer_passes_packets_in_order_at_once() -> None:
+    relay = _released(RelayJitterBuffer(), list(range(8)))
+    assert relay == [[f"p{i}".encode()] for i in range(8)]  # each packet as it arrives
+    # aiortc's own audio buffer releases a packet only when four later ones are in
+    stock = _released(aiortc.jitterbuffer.JitterBuffer(capacity=16, prefetch=4), list(range(8)))
+    assert stock == [[]] * 4 + [[f"p{i}".encode()] for i in range(4)]
+
+
+def test_relay_buffer_holds_only_behind_a_gap_and_counts_what_it_drops() -> None:
+    buffer = RelayJitterBuffer(max_held=2)
+    # 3 is late by one packet (reordered), 6 is lost, 8 arrives twice
+    got = _released(buffer, [0, 1, 2, 4, 3, 5, 7, 8, 8, 9, 6, 10])
+    assert got == [
+        [b"p0"], [b"p1"], [b"p2"],
+        [],  # 4: 3 is missing, wait
+        [b"p3", b"p4"],  # 3 fills the gap: both go
+        [b"p5"],
+        [], [],  # 7, 8: 6 is missing
+        [],  # duplicate 8
+        [b"p7", b"p8", b"p9"],  # a third packet behind the gap: 6 is given up
+        [],  # 6 after all: too late
+        [b"p10"],
+    ]  # fmt: skip
+    assert (buffer.stats.lost, buffer.stats.late, buffer.stats.duplicate) == (1, 1, 1)
+
+
+def test_released_frames_keep_their_timestamps_across_the_rtp_wrap() -> None:
+    buffer = RelayJitterBuffer(max_held=1)
+    start = 2**32 - 960  # the second packet's timestamp wraps to 0
+    buffer.add(_packet(0, start))
+    assert buffer.add(_packet(2, start + 2 * 960))[1] is None
+    _, frame = buffer.add(_packet(3, start + 3 * 960))
+    assert frame is not None
+    frame.timestamp = 5000  # what the receiver's timestamp mapper made of the first
+    assert [(f.timestamp, f.data) for f in expand(frame)] == [(5000, b"p2"), (5960, b"p3")]
+
+
+def test_expanding_queue_feeds_aiortc_decoder_thread_one_frame_each() -> None:
+    buffer = RelayJitterBuffer(max_held=1)
+    q = ExpandingQueue()
+    for seq in (0, 2, 3):
+        _, frame = buffer.add(_packet(seq))
+        if frame is not None:
+            q.put(("opus", frame))
+    q.put(None)
+    items = [q.get_nowait() for _ in range(q.qsize())]
+    assert [(c, f.data, f.timestamp) for c, f in items[:-1]] == [
+        ("opus", b"p0", 0), ("opus", b"p2", 1920), ("opus", b"p3", 2880)
+    ]  # fmt: skip
+    assert items[-1] is None
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_relay_buffer_is_installed_in_audio_receivers_only(inline: bool) -> None:
+    from aiortc import RTCRtpReceiver
+
+    try:
+        install(inline_codecs=inline, relay_buffer=True)
+        assert relay_buffer_installed()
+        audio = RTCRtpReceiver("audio", _dtls())
+        video = RTCRtpReceiver("video", _dtls())
+        assert isinstance(receive_stats(audio), ReorderStats)
+        assert receive_stats(video) is None
+        queue = audio._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        assert isinstance(queue, InlineDecoder if inline else ExpandingQueue)
+        install(inline_codecs=inline, relay_buffer=False)
+        assert not relay_buffer_installed()
+        assert receive_stats(RTCRtpReceiver("audio", _dtls())) is None
+    finally:
+        install()
+
+
+def _dtls() -> Any:
+    """A fresh (unconnected) DTLS transport, enough to make an RTCRtpReceiver."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+
+    ice = RTCIceTransport(RTCIceGatherer())
+    return RTCDtlsTransport(ice, [RTCCertificate.generateCertificate()])
 
 
 def test_per_stream_series_are_capped_and_removed() -> None:

@@ -10,7 +10,7 @@ const NO_LIMIT = 60; // slider position meaning "no attenuation limit"
 const state = {
   pc: null, channel: null, mic: null, remote: null, session: null, location: null,
   ctx: null, analyserIn: null, analyserOut: null, outSource: null,
-  vad: [], stats: null, raf: 0, statsTimer: 0,
+  vad: [], stats: null, raf: 0, statsTimer: 0, playout: null,
 };
 
 const params = new URLSearchParams(location.search);
@@ -210,6 +210,9 @@ function onStats(msg) {
   $("cpu").textContent = msg.cpu_percent.toFixed(1) + " % of a core (last frame " +
     msg.last_frame_ms.toFixed(2) + " ms)";
   $("frames").textContent = `${msg.frames_processed} / ${msg.frames_bypassed} / ${msg.frames_failed}`;
+  if (msg.packets_lost !== undefined) {
+    $("loss").textContent = `${msg.packets_lost} / ${msg.packets_late}`;
+  }
 }
 
 async function pollRtt() {
@@ -218,6 +221,17 @@ async function pollRtt() {
   report.forEach((s) => {
     if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
       $("rtt").textContent = (1000 * s.currentRoundTripTime).toFixed(1) + " ms";
+    }
+    // The browser's own jitter buffer: mean delay of the samples it played since the
+    // last poll (the server relays without holding audio for playout).
+    if (s.type === "inbound-rtp" && s.kind === "audio" && s.jitterBufferEmittedCount) {
+      const last = state.playout || { delay: 0, count: 0 };
+      const count = s.jitterBufferEmittedCount - last.count;
+      if (count > 0) {
+        const ms = (1000 * (s.jitterBufferDelay - last.delay)) / count;
+        $("playout").textContent = ms.toFixed(1) + " ms";
+      }
+      state.playout = { delay: s.jitterBufferDelay, count: s.jitterBufferEmittedCount };
     }
   });
 }
@@ -242,6 +256,7 @@ function sendControls() {
 async function leave(keepStatus) {
   const pc = state.pc;
   state.pc = null;
+  state.playout = null;
   clearInterval(state.statsTimer);
   cancelAnimationFrame(state.raf);
   if (state.location) {

@@ -1,0 +1,174 @@
+"""How long audio takes to come back through the service (a script, not a test).
+
+Starts two `percepnet-server`s (one worker each): one with the relay receive buffer (the
+default) and one with aiortc's own audio jitter buffer (`--receive-buffer aiortc`).
+A client in this process sends a speech-like clip in real time to each in turn, in
+both modes, and measures for every 20 ms packet that comes back:
+
+- round trip: from when the client sent the packet with that pts to when the frame
+  with that pts came back, in ms (the service keeps the input's pts);
+- audio lag: the delay of the returned audio against the sent clip (cross-correlation),
+  which holds the enhancer's 30 ms and the codecs' delays;
+- missing: packets that never came back (gaps in the returned pts).
+
+The client's own receiver uses the relay buffer, so the figures are the server's
+holding, not a playout buffer's at the client. The client's garbage collector is off
+while a stream runs and collects between streams: a collection of a closed peer's
+objects stalled the client's loop for about 100 ms, which would show as a late round
+trip that the server did not cause. With --loss-every K the client's
+sender drops every K-th RTP packet (one per K x 20 ms): what a lossy uplink does.
+
+    python bench/latency.py [--seconds 6] [--repeats 3] [--loss-every 50] [--out F.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_service import free_port, wait_ready  # noqa: E402
+
+from percepnet.constants import SAMPLE_RATE  # noqa: E402
+from server import aiortc_speedups  # noqa: E402
+from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, round_trip_ms  # noqa: E402
+from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
+
+BUFFERS = ("relay", "aiortc")
+MODES = ("passthrough", "enhance")
+SETTLE_PACKETS = 25
+"""Packets left out at the start of each stream (connection start-up)."""
+
+
+def audio_lag_ms(received: np.ndarray, sent: np.ndarray, max_lag: int = 9600) -> float:
+    """Delay of `received` against `sent` at the cross-correlation peak, in ms."""
+    n = min(len(received), len(sent)) + max_lag
+    spec = np.fft.rfft(received, 2 * n) * np.conj(np.fft.rfft(sent, 2 * n))
+    return 1e3 * int(np.argmax(np.fft.irfft(spec)[:max_lag])) / SAMPLE_RATE
+
+
+def drop_every(peer: ClientPeer, k: int) -> None:
+    """Make the client's sender lose every k-th RTP packet (RTCP untouched)."""
+    from aiortc.rtp import is_rtcp
+
+    transport: Any = peer.pc.getSenders()[0].transport
+    send = transport._send_rtp
+    count = 0
+
+    async def lossy(data: bytes) -> None:
+        nonlocal count
+        if not is_rtcp(data):
+            count += 1
+            if count % k == 0:
+                return
+        await send(data)
+
+    transport._send_rtp = lossy
+
+
+async def probe(url: str, mode: str, seconds: float, loss_every: int) -> dict[str, float]:
+    clip = mix_at_snr(speech_like(seconds, seed=3), white_noise(seconds, 0.05, seed=4), 10.0)
+    gc.collect()
+    gc.disable()
+    try:
+        return await _probe(url, mode, clip, seconds, loss_every)
+    finally:
+        gc.enable()
+
+
+async def _probe(
+    url: str, mode: str, clip: np.ndarray, seconds: float, loss_every: int
+) -> dict[str, float]:
+    track = ClipTrack(clip)
+    peer = await ClientPeer.connect(url, track, mode=mode)
+    if loss_every:
+        drop_every(peer, loss_every)
+    try:
+        async with asyncio.timeout(seconds + 20):
+            await peer.wait_received(seconds - 0.2)
+    finally:
+        await peer.close()
+    rec = peer.received
+    delays = round_trip_ms(rec, track)[SETTLE_PACKETS:]
+    pts = np.asarray(rec.pts)
+    # gaps inside what came back (the last packets sent are still on their way at close)
+    missing = int((pts[-1] - pts[0]) // PACKET_SAMPLES + 1 - len(pts))
+    out = {
+        "round_trip_p50_ms": float(np.median(delays)),
+        "round_trip_p95_ms": float(np.quantile(delays, 0.95)),
+        "round_trip_max_ms": float(delays.max()),
+        "missing_packets": float(missing),
+        "returned_packets": float(len(pts)),
+    }
+    if not loss_every:
+        out["audio_lag_ms"] = audio_lag_ms(peer.received_audio(), clip)
+    return out
+
+
+async def run(urls: dict[str, str], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {}
+    for r in range(args.repeats):
+        for buffer in BUFFERS:
+            for mode in MODES:
+                res = await probe(urls[buffer], mode, args.seconds, args.loss_every)
+                results.setdefault(f"{buffer}/{mode}", []).append(res)
+                print(f"repeat {r + 1} {buffer:6s} {mode:11s} " + " ".join(
+                    f"{k}={v:.1f}" for k, v in res.items()), flush=True)  # fmt: skip
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--loss-every", type=int, default=0, help="drop every K-th packet (0: none)")
+    ap.add_argument("--out", help="write results as JSON here")
+    args = ap.parse_args()
+    aiortc_speedups.install()  # the client: inline codecs, relay receive buffer
+    servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    try:
+        for buffer in BUFFERS:
+            port = free_port()
+            cmd = ["percepnet-server", "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", "1", "--receive-buffer", buffer]  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            servers[buffer] = (url, subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL))
+        for url, proc in servers.values():
+            if not wait_ready(url, proc):
+                print(f"server at {url} did not start", file=sys.stderr)
+                return 1
+        results = asyncio.run(run({b: u for b, (u, _) in servers.items()}, args))
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    loss = f", every {args.loss_every}th packet dropped" if args.loss_every else ""
+    print(f"\nmedians over {args.repeats} repeats of {args.seconds:.0f} s{loss} "
+          f"(ms; packets of {1e3 * PACKET_SAMPLES / SAMPLE_RATE:.0f} ms)")  # fmt: skip
+    keys = list(next(iter(results.values()))[0])
+    print("| receive buffer / mode | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    for name, runs in results.items():
+        cells = [statistics.median(run[k] for run in runs) for k in keys]
+        print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

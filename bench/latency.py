@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -59,25 +58,6 @@ def audio_lag_ms(received: np.ndarray, sent: np.ndarray, max_lag: int = 9600) ->
     return 1e3 * int(np.argmax(np.fft.irfft(spec)[:max_lag])) / SAMPLE_RATE
 
 
-def drop_every(peer: ClientPeer, k: int) -> None:
-    """Make the client's sender lose every k-th RTP packet (RTCP untouched)."""
-    from aiortc.rtp import is_rtcp
-
-    transport: Any = peer.pc.getSenders()[0].transport
-    send = transport._send_rtp
-    count = 0
-
-    async def lossy(data: bytes) -> None:
-        nonlocal count
-        if not is_rtcp(data):
-            count += 1
-            if count % k == 0:
-                return
-        await send(data)
-
-    transport._send_rtp = lossy
-
-
 async def probe(url: str, mode: str, seconds: float, loss_every: int) -> dict[str, float]:
     clip = mix_at_snr(speech_like(seconds, seed=3), white_noise(seconds, 0.05, seed=4), 10.0)
     gc.collect()
@@ -94,7 +74,7 @@ async def _probe(
     track = ClipTrack(clip)
     peer = await ClientPeer.connect(url, track, mode=mode)
     if loss_every:
-        drop_every(peer, loss_every)
+        peer.lose_outgoing_rtp(lambda n: n % loss_every == 0)
     try:
         async with asyncio.timeout(seconds + 20):
             await peer.wait_received(seconds - 0.2)

@@ -13,6 +13,7 @@ import contextlib
 import fractions
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.rtp import is_rtcp
 
 from percepnet.constants import SAMPLE_RATE
 
@@ -221,6 +223,23 @@ class ClientPeer:
     def received_audio(self) -> FloatArray:
         chunks = self.received.chunks
         return np.concatenate(chunks) if chunks else np.zeros(0)
+
+    def lose_outgoing_rtp(self, lost: Callable[[int], bool]) -> None:
+        """From now on, drop each outgoing RTP packet n (1, 2, ... from now) for which
+        lost(n) is true, as a lossy uplink would (RTCP still goes). Tests and benchmarks."""
+        transport: Any = self.pc.getSenders()[0].transport
+        send = transport._send_rtp  # aiortc's: every RTP and RTCP packet of this sender
+        count = 0
+
+        async def lossy(data: bytes) -> None:
+            nonlocal count
+            if not is_rtcp(data):
+                count += 1
+                if lost(count):
+                    return
+            await send(data)
+
+        transport._send_rtp = lossy
 
     def send_control(self, message: str | bytes) -> None:
         assert self.channel is not None

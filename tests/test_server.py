@@ -23,7 +23,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.rtp import is_rtcp
 
 from percepnet.analysis import Frames
 from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
@@ -222,23 +221,6 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         assert srv.manager.active == 0
 
 
-def drop_rtp_packet(peer: ClientPeer, number: int) -> None:
-    """Make the client's sender lose its `number`-th RTP packet (1-based) on the way out."""
-    transport: Any = peer.pc.getSenders()[0].transport
-    send = transport._send_rtp
-    sent = 0
-
-    async def lossy(data: bytes) -> None:
-        nonlocal sent
-        if not is_rtcp(data):
-            sent += 1
-            if sent == number:
-                return
-        await send(data)
-
-    transport._send_rtp = lossy
-
-
 @pytest.mark.parametrize("buffer", ["relay", "aiortc"])
 async def test_audio_comes_back_as_soon_as_it_is_processed(buffer: str) -> None:
     # In-process the client's receiver gets the same receive buffer as the server's.
@@ -261,7 +243,7 @@ async def test_a_lost_packet_costs_that_packet_only() -> None:
     async with serve() as srv:
         track = ClipTrack(CLIP)
         peer = await ClientPeer.connect(srv.url, track)
-        drop_rtp_packet(peer, 30)
+        peer.lose_outgoing_rtp(lambda n: n == 30)
         async with asyncio.timeout(20):
             await peer.wait_received(len(CLIP) / SAMPLE_RATE)
         pts = np.asarray(peer.received.pts)

@@ -14,7 +14,9 @@ Systems:
 - eight streams batched as a service worker runs them (per stream);
 - the model alone, one run of one stream;
 - ONNX Runtime's fixed cost of a run: a graph of one Add node (needs `onnx`);
-- aiortc's Opus decode + encode of the packet (the codec part of a pass-through).
+- aiortc's Opus decode + encode of the packet (the codec part of a pass-through);
+- a packet's FFTs (4 forward, 2 inverse) through scipy.fft, and through the pocketfft
+  entry points percepnet.stft calls directly.
 
     python bench/idle_gap.py [--packets 200] [--gaps 0,1,2,5,10,20] [--out F.json]
 
@@ -124,6 +126,18 @@ def main() -> int:
         ("model alone, 1 run of 1 stream", model_run, 1),
         ("aiortc Opus decode + encode", opus_passthrough(), 1),
     ]
+    from percepnet import stft
+
+    windows = np.ascontiguousarray(np.tile(stft.WINDOW, (4, 1)))  # 2 steps x (newest, comb)
+
+    def fft_pair(rfft: Callable[..., object], irfft: Callable[..., object]) -> Callable:
+        return lambda _p: irfft(rfft(windows)[:2])  # type: ignore[index]
+
+    if stft._rfft is not stft._scipy_rfft:  # the pocketfft entry points are in use
+        systems.append(("a packet's FFTs (4 forward, 2 inverse), scipy.fft", fft_pair(
+            stft._scipy_rfft, stft._scipy_irfft), 1))  # fmt: skip
+        systems.append(("the same FFTs, as percepnet.stft calls them", fft_pair(
+            stft._rfft, stft._irfft), 1))  # fmt: skip
     tiny = one_node_run()
     if tiny is not None:
         systems.insert(3, ("ONNX Runtime, a run of a 1-node graph", tiny, 1))

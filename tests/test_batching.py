@@ -63,6 +63,30 @@ def gains_alone_and_batched(
     return alone, batched
 
 
+def test_streams_bringing_different_frame_counts_to_one_call_match_each_alone() -> None:
+    # The service's usual call has every stream bring one packet (2 frames); a stream
+    # that brings more or fewer frames takes the general path, which this covers.
+    model = OnnxModel(FLOAT_MODEL)
+    lengths = [[2, 1, 3], [1, 3, 2], [3, 2, 1]]  # per stream, per call
+    sigs = signals(3)
+    blocks = [analysed(Enhancer(), x, n) for x, n in zip(sigs, lengths, strict=True)]
+    sources = [OnnxSource(model) for _ in sigs]
+    batched: list[list[GainPair]] = [[] for _ in sigs]
+    for j in range(3):
+        assert sorted({len(b[j]) for b in blocks}) == [1, 2, 3]  # uneven in every call
+        for s, pair in enumerate(gains_for_many(sources, [b[j] for b in blocks])):
+            assert not isinstance(pair, Exception)
+            batched[s].append(pair)
+    for s, stream_blocks in enumerate(blocks):
+        alone = OnnxSource(model)
+        for b, (gb, rb) in zip(stream_blocks, batched[s], strict=True):
+            ga, ra = alone(b)
+            assert gb.shape == ga.shape == (len(b), NB_BANDS)
+            assert ra is not None and rb is not None
+            np.testing.assert_allclose(gb, ga, atol=1e-5)
+            np.testing.assert_allclose(rb, ra, atol=1e-5)
+
+
 def test_float_model_batched_equals_each_stream_alone() -> None:
     assert OnnxModel(FLOAT_MODEL).batch_axes is not None  # the shipped graph batches
     alone, batched = gains_alone_and_batched(FLOAT_MODEL, 5, [2, 1, 3, 2, 2, 2])

@@ -42,20 +42,19 @@ from bench_service import free_port, wait_ready  # noqa: E402
 
 from percepnet.constants import SAMPLE_RATE  # noqa: E402
 from server import aiortc_speedups  # noqa: E402
-from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, round_trip_ms  # noqa: E402
+from server.client import (  # noqa: E402
+    PACKET_SAMPLES,
+    ClientPeer,
+    ClipTrack,
+    lag_of,
+    round_trip_ms,
+)
 from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
 
 BUFFERS = ("relay", "aiortc")
 MODES = ("passthrough", "enhance")
 SETTLE_PACKETS = 25
 """Packets left out at the start of each stream (connection start-up)."""
-
-
-def audio_lag_ms(received: np.ndarray, sent: np.ndarray, max_lag: int = 9600) -> float:
-    """Delay of `received` against `sent` at the cross-correlation peak, in ms."""
-    n = min(len(received), len(sent)) + max_lag
-    spec = np.fft.rfft(received, 2 * n) * np.conj(np.fft.rfft(sent, 2 * n))
-    return 1e3 * int(np.argmax(np.fft.irfft(spec)[:max_lag])) / SAMPLE_RATE
 
 
 async def probe(url: str, mode: str, seconds: float, loss_every: int) -> dict[str, float]:
@@ -93,7 +92,7 @@ async def _probe(
         "returned_packets": float(len(pts)),
     }
     if not loss_every:
-        out["audio_lag_ms"] = audio_lag_ms(peer.received_audio(), clip)
+        out["audio_lag_ms"] = 1e3 * lag_of(peer.received_audio(), clip) / SAMPLE_RATE
     return out
 
 

@@ -97,6 +97,17 @@ def round_trip_ms(received: Received, track: ClipTrack) -> FloatArray:
     return 1e3 * (np.asarray(received.arrival) - (track.started + pts / SAMPLE_RATE))
 
 
+def lag_of(received: FloatArray, sent: FloatArray, max_lag: int = 9600) -> int:
+    """Delay (samples) of `received` relative to `sent`, from the cross-correlation peak."""
+    n = min(len(received), len(sent) + max_lag)
+    a = np.zeros(2 * n)
+    b = np.zeros(2 * n)
+    a[: min(n, len(received))] = received[:n]
+    b[: min(n, len(sent))] = sent[:n]
+    xc = np.fft.irfft(np.fft.rfft(a) * np.conj(np.fft.rfft(b)))
+    return int(np.argmax(xc[:max_lag]))
+
+
 class ClientPeer:
     """One client peer connection: sends a track, records what comes back."""
 

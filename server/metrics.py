@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from server.reorder import OUTCOMES
+
 # Per-frame processing time: 0.1 ms .. 50 ms (seconds).
 FRAME_BUCKETS = (
     0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075,
@@ -21,7 +23,6 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 # Event-loop lag: how late a periodic wake-up ran (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
-RECEIVE_OUTCOMES = ("lost", "late", "duplicate")
 
 
 class Metrics:
@@ -124,7 +125,7 @@ class Metrics:
             self.sessions.labels(outcome)
         for outcome in ("applied", "ignored"):
             self.control_messages.labels(outcome)
-        for outcome in RECEIVE_OUTCOMES:
+        for outcome in OUTCOMES:
             self.received_packets.labels(outcome)
 
     def stream_started(self, stream_id: str) -> bool:

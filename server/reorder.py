@@ -19,12 +19,29 @@ MAX_MISORDER = 100
 """A packet this far behind is late (dropped); further behind: a restart."""
 
 
+OUTCOMES = ("lost", "late", "duplicate")
+"""The packets a Reorderer does not pass on in order, by what happened to them."""
+
+
 @dataclass
 class ReorderStats:
     lost: int = 0
     late: int = 0
     duplicate: int = 0
     restarts: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in OUTCOMES}
+
+    def since(self, reported: dict[str, int]) -> dict[str, int]:
+        """Each outcome's count added since `reported` (brought up to date here): what a
+        caller adds to its counter metric."""
+        new = {}
+        for outcome, count in self.counts().items():
+            if count > reported.get(outcome, 0):
+                new[outcome] = count - reported.get(outcome, 0)
+                reported[outcome] = count
+        return new
 
 
 class Reorderer:

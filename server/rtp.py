@@ -361,12 +361,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._due(self.reorderer.flush())
 
     def _due(self, packets: list[RtpPacket]) -> None:
-        before = self.reorderer.stats
-        for name in ("lost", "late", "duplicate"):
-            diff = getattr(before, name) - self.counts.get(name, 0)
-            if diff:
-                self.rtp_metrics.packets.labels(name).inc(diff)
-                self.counts[name] = getattr(before, name)
+        for name, new in self.reorderer.stats.since(self.counts).items():
+            self.rtp_metrics.packets.labels(name).inc(new)
         if not self.reorderer.waiting and self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None

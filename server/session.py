@@ -33,7 +33,7 @@ from percepnet.enhancer import Enhancer
 from server import aiortc_speedups
 from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
-from server.metrics import RECEIVE_OUTCOMES, Metrics
+from server.metrics import Metrics
 from server.track import EnhancedTrack, StreamProcessor, StreamStats
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Session:
         """Audio packets lost / late / duplicate at this stream's receive buffer (None: not
         the relay buffer, see server/aiortc_speedups.py)."""
         stats = aiortc_speedups.receive_stats(self.receiver)
-        return None if stats is None else {k: getattr(stats, k) for k in RECEIVE_OUTCOMES}
+        return None if stats is None else stats.counts()
 
     def apply(self, settings: dict[str, Any]) -> None:
         if "enabled" in settings:
@@ -481,11 +481,10 @@ class SessionManager:
 
     def _count_packets(self, session: Session) -> None:
         """Add what the stream's receive buffer counted since the last tick to the metric."""
-        for outcome, count in (session.receive_counts() or {}).items():
-            new = count - session.packet_counts.get(outcome, 0)
-            if new > 0:
+        stats = aiortc_speedups.receive_stats(session.receiver)
+        if stats is not None:
+            for outcome, new in stats.since(session.packet_counts).items():
                 self.metrics.received_packets.labels(outcome).inc(new)
-                session.packet_counts[outcome] = count
 
     @staticmethod
     def _cpu_percent(session: Session, now: float) -> float:

@@ -27,6 +27,7 @@ from aiortc.rtp import RtpPacket
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
+from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
 from server.reorder import Reorderer
 from server.rtp import (
@@ -37,7 +38,7 @@ from server.rtp import (
     RtpSetupError,
     parse_request,
 )
-from tests.test_server import GAIN_DB, Served, envelope_db, fixed_gain_enhancer, lag_of, serve
+from tests.test_server import GAIN_DB, Served, envelope_db, fixed_gain_enhancer, serve
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(

@@ -29,7 +29,14 @@ from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
 from server import aiortc_speedups
 from server.app import MANAGER_KEY, create_app
-from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, SignallingError, round_trip_ms
+from server.client import (
+    PACKET_SAMPLES,
+    ClientPeer,
+    ClipTrack,
+    SignallingError,
+    lag_of,
+    round_trip_ms,
+)
 from server.clips import speech_like
 from server.config import Config
 
@@ -122,17 +129,6 @@ async def no_tasks_left() -> list[asyncio.Task[Any]]:
             return []
         await asyncio.sleep(0.05)
     return left
-
-
-def lag_of(received: FloatArray, sent: FloatArray, max_lag: int = 9600) -> int:
-    """Delay (samples) of `received` relative to `sent`, from the cross-correlation peak."""
-    n = min(len(received), len(sent) + max_lag)
-    a = np.zeros(2 * n)
-    b = np.zeros(2 * n)
-    a[: min(n, len(received))] = received[:n]
-    b[: min(n, len(sent))] = sent[:n]
-    xc = np.fft.irfft(np.fft.rfft(a) * np.conj(np.fft.rfft(b)))
-    return int(np.argmax(xc[:max_lag]))
 
 
 def rms_db(x: FloatArray) -> float:

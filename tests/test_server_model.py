@@ -13,9 +13,9 @@ import pytest
 
 from percepnet.constants import LATENCY_SAMPLES
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
-from server.client import ClientPeer, ClipTrack
+from server.client import ClientPeer, ClipTrack, lag_of
 from server.clips import mix_at_snr, real_speech, speech_like, white_noise
-from tests.test_server import envelope_db, lag_of, serve
+from tests.test_server import envelope_db, serve
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_MODEL.exists(), reason=f"needs the trained model: {DEFAULT_MODEL} is absent"

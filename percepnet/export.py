@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from percepnet.constants import NB_FEATURES
-from percepnet.model import PercepNet, StreamingPercepNet, count_parameters, state_shapes
+from percepnet.model import (
+    STATE,
+    PercepNet,
+    StreamingPercepNet,
+    count_parameters,
+    state_shapes,
+    state_size,
+)
 from percepnet.runtime import (
     INPUT_FEATURES,
     OUTPUT_GAINS,
@@ -41,9 +48,8 @@ def sha256(path: Path) -> str:
 def export_onnx(net: PercepNet, path: Path) -> None:
     net.eval()
     stream = StreamingPercepNet(net).eval()
-    shapes = state_shapes(net.config)
-    names = list(shapes)
-    args = (torch.zeros(1, NB_FEATURES), *[torch.zeros(s) for s in shapes.values()])
+    names = [STATE]
+    args = (torch.zeros(1, NB_FEATURES), torch.zeros(1, state_size(net.config)))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter is deprecated but needs no onnxscript and emits the plain
     # MatMul/Sigmoid/Tanh graph that dynamic int8 quantisation covers; its notice is noise.
@@ -117,7 +123,8 @@ def export_all(
         "config": net.config.to_dict(),
         "parameters": count_parameters(net),
         "opset": OPSET,
-        "inputs": [INPUT_FEATURES, *state_shapes(net.config)],
+        "inputs": [INPUT_FEATURES, STATE],
+        "state_layout": {name: shape[1] for name, shape in state_shapes(net.config).items()},
         "outputs": [OUTPUT_GAINS, OUTPUT_STRENGTHS],
         "feature_mean": net.feature_mean.tolist(),
         "feature_std": net.feature_std.tolist(),

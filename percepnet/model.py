@@ -7,10 +7,10 @@ stack of GRUs, then two heads:
   strengths r [B, J, NB_BANDS] = sigmoid(dense(GRU_s(concat(upper GRU outputs))))
 Row j's outputs apply to frame j - LOOKAHEAD_FRAMES (the features carry the lookahead).
 
-The same parameters drive `step()`, one frame with explicit state, which is what
-the streaming ONNX graph is exported from: convolutions become matrix products
-over a history of frames and GRU cells are written out, so 8-bit dynamic
-quantisation reaches every weight matrix.
+The same parameters drive StreamingPercepNet, one frame with explicit state, which
+is what the streaming ONNX graph is exported from: convolutions become matrix products
+over a history of frames and GRU cells are written out (one weight matrix each), so
+8-bit dynamic quantisation reaches every weight matrix.
 """
 
 from __future__ import annotations
@@ -123,14 +123,18 @@ class PercepNet(nn.Module):
 INPUT_FEATURES = "features"
 OUTPUT_GAINS = "gains"
 OUTPUT_STRENGTHS = "strengths"
+STATE = "state"
+"""The streaming graph's one state tensor [streams, state_size()]: input STATE, output
+STATE + "_out"."""
 
 
 def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The streaming graph's state tensors (inputs 'NAME', outputs 'NAME_out'), in order.
+    """The parts of the streaming state, in their order along its second axis.
 
     Each is [streams, size], one row per stream: the convolution histories flattened
-    (oldest frame first) and one tensor per GRU, so the graph needs no reshaping,
-    indexing or stacking nodes, each of which would be a kernel call per frame.
+    (oldest frame first), then one part per GRU. The graph takes and returns them as
+    one tensor (see STATE): every input and output of a run is a conversion in ONNX
+    Runtime's Python binding, and seven of each cost about 10 % of a run.
     """
     shapes: dict[str, tuple[int, ...]] = {
         "conv1_history": (1, (CONV1_KERNEL - 1) * NB_FEATURES),
@@ -142,41 +146,65 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
-    """One step of a single-layer torch GRU written out (same equations as nn.GRU)."""
-    w_ih, w_hh = gru.weight_ih_l0, gru.weight_hh_l0
+def state_size(config: ModelConfig) -> int:
+    """Floats per stream in the streaming state."""
+    return sum(s[1] for s in state_shapes(config).values())
+
+
+def fused_gru_weights(gru: nn.GRU) -> tuple[Tensor, Tensor]:
+    """A single-layer torch GRU's weights as one matrix W [in + H, 4H] and bias [4H]:
+    [x, h] @ W + b = [x W_ir + h W_hr | x W_iz + h W_hz | x W_in | h W_hn] + biases.
+
+    The reset and update gates need only the sum of the input's and the state's terms,
+    so one product gives them all (the two n terms stay apart: r scales the state's).
+    """
+    w_ih, w_hh = gru.weight_ih_l0, gru.weight_hh_l0  # [3H, in], [3H, H]
     b_ih, b_hh = gru.bias_ih_l0, gru.bias_hh_l0
     assert isinstance(w_ih, Tensor) and isinstance(w_hh, Tensor)
     assert isinstance(b_ih, Tensor) and isinstance(b_hh, Tensor)
-    gi = x @ w_ih.t() + b_ih
-    gh = h @ w_hh.t() + b_hh
+    size = gru.hidden_size
+    rz, n = slice(0, 2 * size), slice(2 * size, 3 * size)
+    zeros_i = w_ih.new_zeros(w_ih.shape[1], size)
+    zeros_h = w_hh.new_zeros(size, size)
+    from_x = torch.cat([w_ih[rz].t(), w_ih[n].t(), zeros_i], dim=1)
+    from_h = torch.cat([w_hh[rz].t(), zeros_h, w_hh[n].t()], dim=1)
+    bias = torch.cat([b_ih[rz] + b_hh[rz], b_ih[n], b_hh[n]])
+    return torch.cat([from_x, from_h], dim=0), bias
+
+
+def _gru_cell(gru: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
+    """One step of a single-layer torch GRU written out (same equations as nn.GRU), with
+    one matrix product (fused_gru_weights): fewer, larger kernels per frame."""
+    weight, bias = fused_gru_weights(gru)
+    size = gru.hidden_size
     # split with constant sizes: `chunk` on a tensor with a dynamic (stream) axis exports
     # as a chain of Shape/Gather/Div/Slice nodes, each a kernel call per frame
-    size = gru.hidden_size
-    i_rz, i_n = gi.split([2 * size, size], dim=-1)
-    h_rz, h_n = gh.split([2 * size, size], dim=-1)
-    r, z = torch.sigmoid(i_rz + h_rz).split(size, dim=-1)
+    rz, i_n, h_n = (torch.cat([x, h], dim=-1) @ weight + bias).split([2 * size, size, size], -1)
+    r, z = torch.sigmoid(rz).split(size, dim=-1)
     n = torch.tanh(i_n + r * h_n)
     return n + z * (h - n)  # = (1 - z) n + z h, in fewer operations
 
 
 class StreamingPercepNet(nn.Module):
-    """One frame per stream in, explicit state in and out; the module exported to ONNX.
+    """One frame per stream in, the state in and out; the module exported to ONNX.
 
-    The leading axis of `features` [B, F] and of every state tensor is the stream: B
-    streams, each with its own state, advance by one frame in one run.
+    The leading axis of `features` [B, F] and of `state` [B, state_size()] is the
+    stream: B streams, each with its own state, advance by one frame in one run.
     """
 
     def __init__(self, net: PercepNet) -> None:
         super().__init__()
         self.net = net
+        self.state_parts = [s[1] for s in state_shapes(net.config).values()]
 
-    def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """features [B, F] and the state_shapes() tensors -> gains, strengths, next state."""
+    def forward(self, features: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """features [B, F] and state [B, S] -> gains, strengths [B, NB_BANDS], next state."""
         net = self.net
         grus: list[nn.GRU] = list(net.grus)  # type: ignore[arg-type]
         assert net.conv1.bias is not None and net.conv2.bias is not None
-        conv1_history, conv2_history, *gru_states, strength_state = state
+        conv1_history, conv2_history, *gru_states, strength_state = state.split(
+            self.state_parts, dim=1
+        )
         x = (features - net.feature_mean) / net.feature_std  # [B, F]
         hist1 = torch.cat([conv1_history, x], dim=1)  # [B, K1 * F], oldest frame first
         w1 = net.conv1.weight.permute(2, 1, 0).reshape(-1, net.conv1.out_channels)  # [K1*F, C]
@@ -196,9 +224,10 @@ class StreamingPercepNet(nn.Module):
             strength_state,
         )
         strengths = torch.sigmoid(net.strength_head(s))
-        next_hist1 = hist1[:, NB_FEATURES:]
-        next_hist2 = hist2[:, net.config.conv_channels :]
-        return (gains, strengths, next_hist1, next_hist2, *outs, s)
+        next_state = torch.cat(
+            [hist1[:, NB_FEATURES:], hist2[:, net.config.conv_channels :], *outs, s], dim=1
+        )
+        return gains, strengths, next_state
 
 
 def count_parameters(net: nn.Module) -> int:

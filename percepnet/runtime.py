@@ -8,10 +8,14 @@ state as named inputs and returns named outputs (model.py names them); nothing i
 read by position. Its stream axis is dynamic: `gains_for_many` advances many
 streams' models in one run per frame, so the weights are read once for all of
 them (a service worker does this each time several streams have a packet ready).
+Runs of a fixed number of streams go through an IOBinding with preallocated buffers
+(`OnnxModel.bound`): no array conversions in or out, which is most of what a run of
+one stream costs besides its kernels.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -87,6 +91,7 @@ class OnnxModel:
         self.output_names = [OUTPUT_GAINS, OUTPUT_STRENGTHS] + [
             n + STATE_SUFFIX for n in self.state_names
         ]
+        self._bound = threading.local()
         # One real run: fails now, at load, rather than on the first audio frame.
         g, r, _ = self.step(np.zeros((1, NB_FEATURES), np.float32), self.initial_state())
         if g.shape != (1, NB_BANDS) or r.shape != (1, NB_BANDS) or not np.isfinite(g).all():
@@ -119,6 +124,19 @@ class OnnxModel:
         g, r, joined = self.step(features, self.stack(states))
         return g, r, self.unstack(joined, len(states))
 
+    def bound(self, count: int) -> BoundRuns:
+        """Runs of `count` streams through preallocated buffers; one set per thread and
+        count, kept for the model's life (a worker's batches are of a few sizes)."""
+        if self.batch_axes is None:
+            raise ModelError(f"{self.path} runs one stream at a time")
+        cache: dict[int, BoundRuns] | None = getattr(self._bound, "runs", None)
+        if cache is None:
+            cache = self._bound.runs = {}
+        runs = cache.get(count)
+        if runs is None:
+            runs = cache[count] = BoundRuns(self, count)
+        return runs
+
     def stack(self, states: Sequence[State]) -> State:
         """B streams' states as one state of B streams (joined on each stream axis)."""
         if self.batch_axes is None:
@@ -145,6 +163,78 @@ class OnnxModel:
                 index[ax] = slice(b, b + 1)
                 out[b][n] = np.ascontiguousarray(tensor[tuple(index)])
         return out
+
+
+class BoundRuns:
+    """Frame after frame of the same `count` streams, through two IOBindings.
+
+    The features, the outputs and two sets of state buffers are allocated once; one
+    binding reads state set 0 and writes set 1, the other the reverse, so a run copies
+    nothing between Python and ONNX Runtime but the features in and the gains out.
+
+        runs.load(states)              # the streams' states, in order
+        g, r = runs.step(features)     # [count, F] -> [count, NB_BANDS] each, per frame
+        states = runs.unload()         # their states after the last step (copies)
+
+    Not thread-safe: OnnxModel.bound gives each thread its own.
+    """
+
+    def __init__(self, model: OnnxModel, count: int) -> None:
+        assert model.batch_axes is not None
+        self.model = model
+        self.count = count
+        self.features = np.zeros((count, NB_FEATURES), np.float32)
+        self.gains = np.zeros((count, NB_BANDS), np.float32)
+        self.strengths = np.zeros((count, NB_BANDS), np.float32)
+        self.states: list[State] = []
+        for _ in range(2):
+            state: State = {}
+            for n, ax in model.batch_axes.items():
+                shape = list(model.state_shapes[n])
+                shape[ax] = count
+                state[n] = np.zeros(shape, np.float32)
+            self.states.append(state)
+        self.bindings = [self._binding(self.states[k], self.states[1 - k]) for k in (0, 1)]
+        self.current = 0
+        """Which state set holds the streams' state now."""
+
+    def _binding(self, state_in: State, state_out: State) -> object:
+        binding = self.model.session.io_binding()
+
+        def bind(kind: Callable[..., None], name: str, array: Float32Array) -> None:
+            kind(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+
+        bind(binding.bind_input, INPUT_FEATURES, self.features)
+        for n, array in state_in.items():
+            bind(binding.bind_input, n, array)
+        bind(binding.bind_output, OUTPUT_GAINS, self.gains)
+        bind(binding.bind_output, OUTPUT_STRENGTHS, self.strengths)
+        for n, array in state_out.items():
+            bind(binding.bind_output, n + STATE_SUFFIX, array)
+        return binding
+
+    def load(self, states: Sequence[State]) -> None:
+        if len(states) != self.count:
+            raise ValueError(f"{len(states)} states for runs of {self.count} streams")
+        assert self.model.batch_axes is not None
+        target = self.states[self.current]
+        for n, ax in self.model.batch_axes.items():
+            if self.count == 1:
+                np.copyto(target[n], states[0][n])
+            else:
+                np.concatenate([st[n] for st in states], axis=ax, out=target[n])
+
+    def step(self, features: npt.ArrayLike) -> tuple[Float32Array, Float32Array]:
+        """One frame of every stream. The returned arrays are overwritten by the next step."""
+        np.copyto(self.features, features)
+        self.model.session.run_with_iobinding(self.bindings[self.current])
+        self.current = 1 - self.current
+        return self.gains, self.strengths
+
+    def unload(self) -> list[State]:
+        return self.model.unstack(
+            {n: a.copy() for n, a in self.states[self.current].items()}, self.count
+        )
 
 
 class OnnxSource:
@@ -242,19 +332,20 @@ def _advance_in_step(
     model: OnnxModel, members: list[tuple[int, OnnxSource]], blocks: list[Frames], frames: int
 ) -> dict[int, GainPair]:
     """_advance_together when every stream brings `frames` frames (the usual case): the
-    features of all streams and frames cast and laid out in one array, and each run's
-    outputs stored for all streams at once. For one stream this takes the glue around
-    the two runs of a packet from about 90 to about 40 us."""
+    features of all streams and frames laid out in one array, the runs made through
+    preallocated buffers (BoundRuns), and each run's outputs stored for all streams at
+    once."""
     count = len(members)
     feats = np.empty((frames, count, NB_FEATURES), np.float32)
     for k, block in enumerate(blocks):
         feats[:, k] = block.features
     gains = np.empty((count, frames, NB_BANDS))
     strengths = np.empty((count, frames, NB_BANDS))
-    joined = model.stack([src.state for _, src in members])
+    runs = model.bound(count)
+    runs.load([src.state for _, src in members])
     for t in range(frames):
-        gains[:, t], strengths[:, t], joined = model.step(feats[t], joined)
-    for (_, src), state in zip(members, model.unstack(joined, count), strict=True):
+        gains[:, t], strengths[:, t] = runs.step(feats[t])
+    for (_, src), state in zip(members, runs.unload(), strict=True):
         src.state = state
     return {i: (gains[k], strengths[k]) for k, (i, _) in enumerate(members)}
 

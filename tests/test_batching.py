@@ -110,6 +110,37 @@ def test_int8_batching_moves_gains_within_quantisation_noise() -> None:
     assert worst < 0.05, worst
 
 
+def test_bound_runs_give_exactly_what_plain_runs_give() -> None:
+    # gains_for_many runs equal-length blocks through BoundRuns (preallocated buffers,
+    # two IOBindings); plain session runs with each stream's state carried by hand must
+    # give the same numbers, through batches of changing size and reused bindings.
+    model = OnnxModel(INT8_MODEL)
+    sigs = signals(3)
+    enhancers = [Enhancer() for _ in sigs]
+    sources = [OnnxSource(model) for _ in sigs]
+    plain = [model.initial_state() for _ in sigs]
+    for j, members in enumerate([[0], [0, 1, 2], [0], [1, 2], [0, 1, 2], [2]]):
+        packet = slice(j * PACKET, (j + 1) * PACKET)
+        blocks = [enhancers[s].analyse_frames(sigs[s][packet]) for s in members]
+        results = gains_for_many([sources[s] for s in members], blocks)
+        joined = model.stack([plain[s] for s in members])
+        for t in range(2):
+            feats = np.stack([b.features[t] for b in blocks]).astype(np.float32)
+            g, r, joined = model.step(feats, joined)
+            for k, result in enumerate(results):
+                assert not isinstance(result, Exception)
+                np.testing.assert_array_equal(result[0][t], g[k])
+                assert result[1] is not None
+                np.testing.assert_array_equal(result[1][t], r[k])
+        for s, state in zip(members, model.unstack(joined, len(members)), strict=True):
+            plain[s] = state
+            np.testing.assert_array_equal(sources[s].state["state"], state["state"])
+        assert sources[members[0]].state["state"].any()
+    # a state handed back is the source's own, not a view of the bound buffers
+    for buffers in model.bound(1).states + model.bound(3).states:
+        assert not any(np.shares_memory(src.state["state"], buffers["state"]) for src in sources)
+
+
 # -- the server side -----------------------------------------------------------------------
 def processors(n: int, path: Path, metrics: Metrics) -> list[StreamProcessor]:
     model = OnnxModel(path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from percepnet.constants import NB_BANDS
-from percepnet.model import ModelConfig, PercepNet, StreamingPercepNet, state_shapes
+from percepnet.model import ModelConfig, PercepNet, StreamingPercepNet, state_size
 from percepnet.train import TrainConfig, band_mask, load_checkpoint, percepnet_loss, train
 from tests.signals import add_noise, speechlike
 
@@ -84,9 +84,11 @@ def test_streaming_module_matches_sequence_model() -> None:
     with torch.no_grad():
         ref = net(x)
         stream = StreamingPercepNet(net)
-        state = [torch.zeros(s) for s in state_shapes(TINY).values()]
-        gains = []
+        state = torch.zeros(1, state_size(TINY))
+        gains, strengths = [], []
         for j in range(x.shape[1]):
-            g, _r, *state = stream(x[:, j], *state)
+            g, r, state = stream(x[:, j], state)
             gains.append(g)
+            strengths.append(r)
     torch.testing.assert_close(torch.stack(gains, dim=1), ref.gains, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(strengths, dim=1), ref.strengths, atol=1e-5, rtol=0)

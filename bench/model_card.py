@@ -15,6 +15,19 @@ from pathlib import Path
 from percepnet.metrics import markdown_table, summarise
 
 
+def state_text(man: dict) -> str:
+    """How the manifest's graph carries its state between frames."""
+    layout = man.get("state_layout")
+    if not layout:  # the first layout: one tensor per part
+        return f"state tensors {', '.join(man['inputs'][1:])} in and out (`NAME_out`)"
+    parts = ", ".join(f"{name} {size}" for name, size in layout.items())
+    return (
+        f"one state tensor `{man['inputs'][1]}` of {sum(layout.values())} floats per stream in "
+        f"and `{man['inputs'][1]}_out` out (its parts, in order: {parts}); each GRU cell is one "
+        f"matrix product of [input, state] (the gates' two terms summed in the weights)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,7 +58,7 @@ def main() -> int:
     lines += [
         "",
         f"Streaming ONNX, opset {man['opset']}: one frame of {len(man['feature_mean'])} features "
-        f"per stream in, state tensors {', '.join(man['inputs'][1:])} in and out (`NAME_out`); "
+        f"per stream in, {state_text(man)}; "
         f"outputs `gains` and `strengths` (34 each). Every tensor's first axis is the stream "
         f"and is dynamic, so one run advances many streams (the service batches a worker's "
         f"streams this way). The max difference to torch is over 300 frames of 3 streams run "

@@ -92,10 +92,33 @@ class OnnxModel:
             n + STATE_SUFFIX for n in self.state_names
         ]
         self._bound = threading.local()
-        # One real run: fails now, at load, rather than on the first audio frame.
-        g, r, _ = self.step(np.zeros((1, NB_FEATURES), np.float32), self.initial_state())
+        self._check()
+
+    def _check(self) -> None:
+        """One real run, plain and bound: a model that cannot stream fails now, at load,
+        rather than on the first audio frame."""
+        zeros = np.zeros((1, NB_FEATURES), np.float32)
+        try:
+            g, r, state = self.step(zeros, self.initial_state())
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            raise ModelError(f"{self.path}: a run fails: {exc}") from exc
         if g.shape != (1, NB_BANDS) or r.shape != (1, NB_BANDS) or not np.isfinite(g).all():
             raise ModelError(f"{self.path}: unexpected output shapes {g.shape}, {r.shape}")
+        for n, shape in self.state_shapes.items():
+            if state[n].shape != shape:
+                raise ModelError(
+                    f"{self.path}: state {n} goes in as {shape} and comes out as {state[n].shape}"
+                )
+        if self.batch_axes is None:
+            return
+        try:
+            runs = self.bound(1)
+            runs.load([self.initial_state()])
+            g_bound, _ = runs.step(zeros)
+        except Exception as exc:
+            raise ModelError(f"{self.path}: a run through bound buffers fails: {exc}") from exc
+        if not np.array_equal(g_bound, g):
+            raise ModelError(f"{self.path}: bound and plain runs disagree")
 
     def initial_state(self) -> State:
         """One stream's state before its first frame."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES
+from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS, NB_FEATURES
 from percepnet.enhancer import ChunkedStream, enhance_signal
 from percepnet.export import compare, export_all
 from percepnet.model import ModelConfig, PercepNet
@@ -87,6 +87,46 @@ def test_missing_and_corrupt_models_raise_model_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError):
         OnnxModel(truncated)
+
+
+def test_a_model_whose_state_changes_shape_is_refused_at_load(tmp_path: Path) -> None:
+    # Loads and runs once, but its state comes out twice as wide as it goes in: the
+    # second frame would fail, on a live stream. It must fail at load instead.
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((NB_FEATURES, NB_BANDS), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["m"]),
+            helper.make_node("Sigmoid", ["m"], ["gains"]),
+            helper.make_node("Sigmoid", ["m"], ["strengths"]),
+            helper.make_node("Concat", ["state", "state"], ["state_out"], axis=1),
+        ],
+        "widening_state",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["b", NB_FEATURES]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, ["b", 10]),
+        ],
+        [
+            helper.make_tensor_value_info("gains", TensorProto.FLOAT, ["b", NB_BANDS]),
+            helper.make_tensor_value_info("strengths", TensorProto.FLOAT, ["b", NB_BANDS]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["b", 20]),
+        ],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    path = tmp_path / "widening.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelError, match="state state goes in as"):
+        OnnxModel(path)
+    # the same graph with a state that keeps its width loads and runs bound
+    proto.graph.node[3].CopyFrom(helper.make_node("Identity", ["state"], ["state_out"]))
+    proto.graph.output[2].CopyFrom(
+        helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["b", 10])
+    )
+    path.write_bytes(proto.SerializeToString())
+    assert OnnxModel(path).bound(1).step(np.zeros((1, NB_FEATURES)))[0].shape == (1, NB_BANDS)
 
 
 def test_shipped_model_loads_and_attenuates_noise_alone() -> None:

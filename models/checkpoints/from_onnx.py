@@ -23,11 +23,13 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from percepnet.export import compare
 from percepnet.model import ModelConfig, PercepNet
+from percepnet.runtime import OnnxModel
 from percepnet.train import save_checkpoint
 
 TOLERANCE = 1e-5
-"""Max |rebuilt torch - OLD.onnx| over a random feature sequence."""
+"""Max |rebuilt torch - OLD.onnx| over a random feature sequence (export.compare)."""
 
 
 def rebuild(path: Path, config: ModelConfig | None = None) -> PercepNet:
@@ -44,11 +46,9 @@ def rebuild(path: Path, config: ModelConfig | None = None) -> PercepNet:
     # The rest are the MatMul operands, in graph order: conv1 and conv2 as [K*in, out]
     # (oldest frame first), then each GRU's W_ih^T and W_hh^T.
     mats = [init[n.input[1]] for n in model.graph.node if n.op_type == "MatMul"]
-    for conv, mat in ((net.conv1, mats[0]), (net.conv2, mats[1])):
-        out_c, in_c, k = conv.weight.shape
-        params[f"{'conv1' if conv is net.conv1 else 'conv2'}.weight"].copy_(
-            mat.reshape(k, in_c, out_c).permute(2, 1, 0)
-        )
+    for name, mat in (("conv1", mats[0]), ("conv2", mats[1])):
+        out_c, in_c, k = params[f"{name}.weight"].shape
+        params[f"{name}.weight"].copy_(mat.reshape(k, in_c, out_c).permute(2, 1, 0))
     grus = [f"grus.{i}" for i in range(config.gru_layers)] + ["strength_gru"]
     if len(mats) != 2 + 2 * len(grus):
         raise ValueError(f"{path}: {len(mats)} MatMuls, not the first layout's {2 + 2 * len(grus)}")
@@ -59,32 +59,10 @@ def rebuild(path: Path, config: ModelConfig | None = None) -> PercepNet:
     return net.eval()
 
 
-def max_difference(net: PercepNet, path: Path, frames: int = 200) -> float:
-    import numpy as np
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inputs = sess.get_inputs()
-    state = {i.name: np.zeros([1, i.shape[1]], np.float32) for i in inputs[1:]}
-    outputs = [o.name for o in sess.get_outputs()]
-    rng = np.random.default_rng(0)
-    mean, std = net.feature_mean.numpy(), net.feature_std.numpy()
-    feats = (mean + std * rng.standard_normal((1, frames, mean.shape[0]))).astype(np.float32)
-    with torch.no_grad():
-        ref = net(torch.from_numpy(feats))
-    worst = 0.0
-    for j in range(frames):
-        g, r, *new = sess.run(outputs, {inputs[0].name: feats[:, j], **state})
-        state = dict(zip(state, new, strict=True))
-        worst = max(worst, float(abs(g - ref.gains[:, j].numpy()).max()))
-        worst = max(worst, float(abs(r - ref.strengths[:, j].numpy()).max()))
-    return worst
-
-
 def main(argv: list[str]) -> int:
     src, dst = Path(argv[0]), Path(argv[1])
     net = rebuild(src)
-    err = max_difference(net, src)
+    err = compare(net, OnnxModel(src))  # the export's own check, frame by frame
     print(f"rebuilt network vs {src}: max abs difference {err:.2e}")
     if err > TOLERANCE:
         print("too far apart; nothing saved", file=sys.stderr)

@@ -6,7 +6,9 @@ separate client processes, lets them run, and measures over a fixed window:
 
 - server CPU (all its processes, from /proc) per stream, in % of one core;
 - per-frame processing time p50/p99 (from the server's histogram);
-- event-loop lag p50/p99 and the worst window maximum;
+- event-loop lag p50/p99, and how many of its 50 ms wake-ups were over 20 ms late;
+- steal: the share of the server's core that the hypervisor gave to something else
+  (a VM's /proc/stat; 0 on bare metal), so a stall can be told from our own work;
 - frames bypassed (late) / failed on the server; frames lost at the clients
   (expected 50 packets/s per peer, minus what came back);
 - proc%: CPU per stream spent in the stream's processor (downmix, enhancer, metrics),
@@ -73,6 +75,19 @@ def cpu_seconds(root: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
     return total
+
+
+def steal_seconds(cpus: set[int] | None) -> float:
+    """Time the hypervisor ran something else while these CPUs (None: all) had work: the
+    steal column of /proc/stat, in seconds (0 on bare metal)."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or len(fields) < 8:
+            continue
+        if (name == "cpu") == (cpus is None) and (cpus is None or int(name[3:]) in cpus):
+            total += int(fields[7])
+    return total / CLK_TCK
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -186,6 +201,8 @@ class Row:
     batch_wait_p99_ms: float = float("nan")
     batch_wait_mean_ms: float = float("nan")
     gc_pauses_over_10ms: int = 0
+    steal_pct: float = float("nan")  # of the server's core(s): the host ran something else
+    lags_over_20ms: int = 0  # event-loop wake-ups (every 50 ms) more than 20 ms late
     error: str = ""
 
 
@@ -198,6 +215,7 @@ def run_point(
     clients: int,
     client_cpus: set[int] | None = None,
     inline_codecs: bool = True,
+    server_cpus: set[int] | None = None,
 ) -> Row:
     ctx = multiprocessing.get_context("spawn")
     k = max(1, min(clients, n))
@@ -220,12 +238,12 @@ def run_point(
             if msg != "ready":
                 raise RuntimeError(f"client failed: {msg}")
         time.sleep(1.0)  # settle
-        m0, c0 = scrape(url), cpu_seconds(server_pid)
+        m0, c0, s0 = scrape(url), cpu_seconds(server_pid), steal_seconds(server_cpus)
         for p in pipes:
             p.send("start")
         t0 = time.monotonic()
         time.sleep(seconds)
-        m1, c1 = scrape(url), cpu_seconds(server_pid)
+        m1, c1, s1 = scrape(url), cpu_seconds(server_pid), steal_seconds(server_cpus)
         wall = time.monotonic() - t0
         for p in pipes:
             p.send("stop")
@@ -258,6 +276,8 @@ def run_point(
         batch_wait_p99_ms=1e3 * quantile(m0, m1, "percepnet_batch_wait_seconds", 0.99),
         batch_wait_mean_ms=1e3 * histogram_mean(m0, m1, "percepnet_batch_wait_seconds"),
         gc_pauses_over_10ms=int(gc_pauses_over(m0, m1, 0.01)),
+        steal_pct=100.0 * (s1 - s0) / wall / len(server_cpus or os.sched_getaffinity(0)),
+        lags_over_20ms=int(histogram_over(m0, m1, "percepnet_event_loop_lag_seconds", 0.02)),
         error="; ".join(errors),
     )
 
@@ -270,7 +290,13 @@ def histogram_mean(before: dict[str, float], after: dict[str, float], metric: st
 
 def gc_pauses_over(before: dict[str, float], after: dict[str, float], seconds: float) -> float:
     """Garbage collections (any generation) longer than `seconds` in between."""
-    name = "percepnet_gc_pause_seconds"
+    return histogram_over(before, after, "percepnet_gc_pause_seconds", seconds)
+
+
+def histogram_over(
+    before: dict[str, float], after: dict[str, float], name: str, seconds: float
+) -> float:
+    """Observations of histogram `name` above the bucket bound `seconds`, in between."""
     total = inside = 0.0
     for key, value in after.items():
         if key.startswith(name + "_count"):
@@ -400,7 +426,8 @@ def main() -> int:
               f"{'; server on core 0, clients on the rest' if args.pin else ''}")  # fmt: skip
         header = (f"{'mode':<12}{'N':>4}{'cpu/str%':>10}{'srv cpu%':>10}{'fr p50':>8}{'fr p99':>8}"
                   f"{'lag p50':>9}{'lag p99':>9}{'byp':>6}{'fail':>5}{'lost%':>7}"
-                  f"{'proc%':>7}{'batch':>6}{'wait':>6}{'wait99':>7}{'gc>10':>6}")  # fmt: skip
+                  f"{'proc%':>7}{'batch':>6}{'wait':>6}{'wait99':>7}{'gc>10':>6}"
+                  f"{'lag>20':>7}{'steal%':>7}")  # fmt: skip
         print(header)
         # Modes alternate at each N, and the whole sweep repeats: machine drift then
         # shows up as spread between repeats instead of as a difference between modes.
@@ -414,7 +441,7 @@ def main() -> int:
             row = run_point(
                 target_url, target.pid, "passthrough" if mode == "stock-pass" else mode, n,
                 args.seconds, args.clients, client_cpus,
-                inline_codecs=args.inline_codecs == "on",
+                inline_codecs=args.inline_codecs == "on", server_cpus=server_cpus,
             )  # fmt: skip
             row.mode = mode
             row.repeat = rep
@@ -425,6 +452,7 @@ def main() -> int:
                   f"{row.failed:>5}{row.lost_pct:>7.2f}{row.processing_cpu_pct:>7.2f}"
                   f"{row.batch_mean_streams:>6.2f}{row.batch_wait_mean_ms:>6.2f}"
                   f"{row.batch_wait_p99_ms:>7.2f}{row.gc_pauses_over_10ms:>6}"
+                  f"{row.lags_over_20ms:>7}{row.steal_pct:>7.2f}"
                   f" {row.error}", flush=True)  # fmt: skip
             time.sleep(1.0)
     finally:

@@ -208,28 +208,24 @@ class BatchRunner:
         self._waiting = []
         if not batch:
             return
-        self.metrics.batch_streams.observe(len(batch))
-        staged = _StagedBatch(batch, self._batch_done)
-        if self._running is None:
-            self._start(staged)
-        else:  # one batch at a time: a stream's packets are processed in order
-            self._queued.append(staged)
-
-    def _start(self, staged: _StagedBatch) -> None:
-        """Run a batch; its packets' waits (also behind a running batch) end here."""
-        self._running = staged
         now = self.clock()
-        for w in staged.batch:
+        for w in batch:
             wait = max(0.0, now - w.entered)
             self.metrics.batch_wait.observe(wait)
             stats = w.processor.stats
             stats.batch_wait_ms += WAIT_SMOOTHING * (1e3 * wait - stats.batch_wait_ms)
-        staged.start()
+        self.metrics.batch_streams.observe(len(batch))
+        staged = _StagedBatch(batch, self._batch_done)
+        if self._running is None:
+            self._running = staged
+            staged.start()
+        else:  # one batch at a time: a stream's packets are processed in order
+            self._queued.append(staged)
 
     def _batch_done(self) -> None:
-        self._running = None
-        if self._queued:
-            self._start(self._queued.popleft())
+        self._running = self._queued.popleft() if self._queued else None
+        if self._running is not None:
+            self._running.start()
 
     def close(self) -> None:
         if self._timer is not None:

@@ -331,37 +331,6 @@ async def test_a_large_batch_runs_in_stages_that_let_the_loop_in_between() -> No
     runner.close()
 
 
-async def test_a_packet_queued_behind_a_running_batch_counts_that_wait() -> None:
-    """A batch that flushes while a staged batch runs starts after it; the time it
-    spent queued is part of its packets' batch wait (their added latency)."""
-    metrics = Metrics()
-    procs = processors(2 * STAGE_STREAMS + 2, INT8_MODEL, metrics)
-    big, lone = procs[:-1], procs[-1]
-    clock = Clock()
-    runner = BatchRunner(metrics, window_s=0.0, clock=clock)  # every flush at once
-    chunk = signals(1)[0][:PACKET]
-    loop = asyncio.get_running_loop()
-    tasks = [asyncio.create_task(runner.run(p, chunk, False)) for p in big]
-    late: list[asyncio.Task[np.ndarray]] = []
-
-    def tick() -> None:
-        if runner._running is not None and not late:  # the big batch is in its stages
-            late.append(asyncio.create_task(runner.run(lone, chunk, False)))
-        elif late and runner._queued:  # its own batch is queued behind the big one
-            clock.t += 0.005
-            return
-        loop.call_soon(tick)
-
-    loop.call_soon(tick)
-    await asyncio.gather(*tasks)
-    assert late, "the big batch never ran in stages"
-    await late[0]
-    _, total_wait = hist(metrics, "percepnet_batch_wait_seconds")
-    assert total_wait == pytest.approx(0.005)
-    assert lone.stats.batch_wait_ms > 0
-    runner.close()
-
-
 class Failing:
     """A GainSource that fails on its third call; unity gains otherwise."""
 

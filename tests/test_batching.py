@@ -307,13 +307,12 @@ async def test_a_large_batch_runs_in_stages_that_let_the_loop_in_between() -> No
         tasks = [asyncio.create_task(runner.run(p, chunk, False)) for p in staged]
         ticks: list[int] = []
 
-        def tick(tasks: list[asyncio.Task[np.ndarray]], ticks: list[int]) -> None:
-            """A callback that keeps rescheduling itself, as a peer's I/O would."""
+        def tick() -> None:  # a callback that keeps rescheduling itself, as I/O would
             ticks.append(sum(t.done() for t in tasks))
             if not all(t.done() for t in tasks):
-                loop.call_soon(tick, tasks, ticks)
+                loop.call_soon(tick)
 
-        loop.call_soon(tick, tasks, ticks)
+        loop.call_soon(tick)
         outs = await asyncio.gather(*tasks)
         for got, want in zip(outs, expected, strict=True):
             np.testing.assert_array_equal(got, want)

@@ -18,8 +18,6 @@ it was decoded (see BatchRunner.run).
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import time
 import weakref
 from collections.abc import Callable
@@ -30,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.metrics import Metrics
-from server.track import Packet, StreamProcessor, compute_gains
+from server.track import StreamProcessor, process_many
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -47,11 +45,6 @@ WAIT_SMOOTHING = 0.1
 """Weight of a packet's wait in its stream's smoothed batch wait (its added latency)."""
 ARRIVAL_SLACK_S = 0.01
 """A packet is held at most this much past `window_s` after it arrived (was decoded)."""
-STAGE_STREAMS = 4
-"""A batch of more streams than this is run in stages, one per event-loop callback: the
-analysis of this many streams, the model runs, the synthesis of this many streams. A
-batch of 8 in one callback held the loop (and every peer's ICE, DTLS and media) for
-6-10 ms each packet period."""
 
 
 class InlineRunner:
@@ -140,8 +133,6 @@ class BatchRunner:
         self._arrivals: weakref.WeakKeyDictionary[StreamProcessor, _Arrivals] = (
             weakref.WeakKeyDictionary()
         )
-        self._running: _StagedBatch | None = None
-        self._queued: collections.deque[_StagedBatch] = collections.deque()
 
     async def run(
         self, processor: StreamProcessor, x: FloatArray, late: bool, arrived: float | None = None
@@ -215,17 +206,14 @@ class BatchRunner:
             stats = w.processor.stats
             stats.batch_wait_ms += WAIT_SMOOTHING * (1e3 * wait - stats.batch_wait_ms)
         self.metrics.batch_streams.observe(len(batch))
-        staged = _StagedBatch(batch, self._batch_done)
-        if self._running is None:
-            self._running = staged
-            staged.start()
-        else:  # one batch at a time: a stream's packets are processed in order
-            self._queued.append(staged)
-
-    def _batch_done(self) -> None:
-        self._running = self._queued.popleft() if self._queued else None
-        if self._running is not None:
-            self._running.start()
+        try:
+            outs = process_many([(w.processor, w.x, w.late) for w in batch])
+        except Exception as exc:  # process_many handles stream failures; this is a bug
+            for w in batch:
+                w.future.set_exception(exc)
+            return
+        for w, y in zip(batch, outs, strict=True):
+            w.future.set_result(y)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -234,68 +222,6 @@ class BatchRunner:
         for w in self._waiting:
             w.future.cancel()
         self._waiting = []
-        for staged in self._queued:
-            staged.cancel()
-        self._queued.clear()
-        if self._running is not None:
-            self._running.cancel()
-
-
-class _StagedBatch:
-    """One batch's work (server.track.process_many), cut into stages that run in
-    successive event-loop callbacks when the batch is larger than STAGE_STREAMS: timers
-    and other peers' packets run in between. Each stream's future gets its output as
-    soon as its stage of synthesis is done; a future cancelled meanwhile is skipped."""
-
-    def __init__(self, batch: list[_Waiting], done: Callable[[], None]) -> None:
-        self.batch = batch
-        self.items = [(w.processor, w.x, w.late) for w in batch]
-        self.packets: list[Packet] = []
-        self.done = done
-        n = len(batch)
-        chunks = [range(i, min(i + STAGE_STREAMS, n)) for i in range(0, n, STAGE_STREAMS)]
-        self.steps: collections.deque[Callable[[], None]] = collections.deque()
-        self.steps.extend(functools.partial(self._begin, c) for c in chunks)
-        self.steps.append(self._gains)
-        self.steps.extend(functools.partial(self._finish, c) for c in chunks)
-        self.staged = len(batch) > STAGE_STREAMS
-        self.cancelled = False
-
-    def start(self) -> None:
-        self._step()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        for w in self.batch:
-            w.future.cancel()
-
-    def _step(self) -> None:
-        while self.steps and not self.cancelled:
-            step = self.steps.popleft()
-            try:
-                step()
-            except Exception as exc:  # track.py handles stream failures; this is a bug
-                for w in self.batch:
-                    if not w.future.done():
-                        w.future.set_exception(exc)
-                self.steps.clear()
-            if self.staged and self.steps:
-                asyncio.get_running_loop().call_soon(self._step)
-                return
-        self.done()
-
-    def _begin(self, chunk: range) -> None:
-        self.packets += [proc.begin(x, late) for proc, x, late in (self.items[i] for i in chunk)]
-
-    def _gains(self) -> None:
-        compute_gains(self.items, self.packets)
-
-    def _finish(self, chunk: range) -> None:
-        for i in chunk:
-            y = self.items[i][0].finish(self.packets[i])
-            future = self.batch[i].future
-            if not future.done():
-                future.set_result(y)
 
 
 Runner = InlineRunner | ThreadRunner | BatchRunner

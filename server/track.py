@@ -273,15 +273,6 @@ def process_many(items: Sequence[tuple[StreamProcessor, FloatArray, bool]]) -> l
     in it.
     """
     packets = [proc.begin(x, late) for proc, x, late in items]
-    compute_gains(items, packets)
-    return [proc.finish(packet) for (proc, _, _), packet in zip(items, packets, strict=True)]
-
-
-def compute_gains(
-    items: Sequence[tuple[StreamProcessor, FloatArray, bool]], packets: Sequence[Packet]
-) -> None:
-    """The middle of process_many: the gains of every begun packet that is waiting for
-    them, from one model run per frame index (a failed run fails the packets in it)."""
     waiting = [
         (proc.enhancer, packet)
         for (proc, _, _), packet in zip(items, packets, strict=True)
@@ -303,6 +294,7 @@ def compute_gains(
         for _, packet in waiting:
             packet.cpu_s += cpu * packet.n_frames / frames
             packet.wall_s += wall * packet.n_frames / frames
+    return [proc.finish(packet) for (proc, _, _), packet in zip(items, packets, strict=True)]
 
 
 class Deadline:

@@ -17,7 +17,7 @@ from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import MODELS_DIR, OnnxModel, OnnxSource, gains_for_many
 from server.aiortc_speedups import arrival_clock
-from server.batching import RECENT_S, STAGE_STREAMS, BatchRunner
+from server.batching import RECENT_S, BatchRunner
 from server.metrics import Metrics
 from server.track import EnhancedTrack, StreamProcessor, StreamStats, process_many, to_stereo_s16
 from tests.signals import add_noise, speechlike
@@ -286,47 +286,6 @@ async def test_cancelled_packet_is_dropped_and_the_rest_of_the_batch_runs() -> N
     outs = await asyncio.gather(runner.run(b, chunk, False), runner.run(c, chunk, False))
     assert all(len(y) == PACKET for y in outs)
     assert a.stats.frames_processed == 2 and b.stats.frames_processed == 4
-    runner.close()
-
-
-async def test_a_large_batch_runs_in_stages_that_let_the_loop_in_between() -> None:
-    """A batch of more than STAGE_STREAMS streams gives the event loop back between its
-    stages, gives each stream what process_many gives it, and skips a stream whose
-    packet was cancelled while the batch ran."""
-    n = 2 * STAGE_STREAMS + 1
-    metrics = Metrics()
-    staged, reference = processors(n, INT8_MODEL, metrics), processors(n, INT8_MODEL, metrics)
-    clock = Clock()
-    runner = BatchRunner(metrics, window_s=1.0, clock=clock)
-    x = signals(1)[0]
-    loop = asyncio.get_running_loop()
-    for i in range(4):
-        clock.t += 0.02
-        chunk = x[i * PACKET : (i + 1) * PACKET]
-        expected = process_many([(p, chunk, False) for p in reference])
-        tasks = [asyncio.create_task(runner.run(p, chunk, False)) for p in staged]
-        ticks: list[int] = []
-
-        def tick() -> None:  # a callback that keeps rescheduling itself, as I/O would
-            ticks.append(sum(t.done() for t in tasks))
-            if not all(t.done() for t in tasks):
-                loop.call_soon(tick)
-
-        loop.call_soon(tick)
-        outs = await asyncio.gather(*tasks)
-        for got, want in zip(outs, expected, strict=True):
-            np.testing.assert_array_equal(got, want)
-        if i > 0:  # from the second packet on, every stream is due: one batch of n
-            assert len(set(ticks)) > 2, f"the loop never ran between stages: {ticks}"
-    # a packet cancelled after its batch started: the others get theirs, nothing raises
-    clock.t += 0.02
-    chunk = x[4 * PACKET : 5 * PACKET]
-    tasks = [asyncio.create_task(runner.run(p, chunk, False)) for p in staged]
-    await asyncio.sleep(0)  # every packet is in; the batch's first stage has run
-    tasks[-1].cancel()
-    outs = await asyncio.gather(*tasks[:-1])
-    assert all(len(y) == PACKET for y in outs)
-    assert all(p.stats.frames_failed == 0 for p in staged)
     runner.close()
 
 

@@ -80,13 +80,12 @@ def cpu_seconds(root: int) -> float:
 def steal_seconds(cpus: set[int] | None) -> float:
     """Time the hypervisor ran something else while these CPUs (None: all) had work: the
     steal column of /proc/stat, in seconds (0 on bare metal)."""
+    wanted = {"cpu"} if cpus is None else {f"cpu{c}" for c in cpus}
     total = 0
     for line in Path("/proc/stat").read_text().splitlines():
         name, *fields = line.split()
-        if not name.startswith("cpu") or len(fields) < 8:
-            continue
-        if (name == "cpu") == (cpus is None) and (cpus is None or int(name[3:]) in cpus):
-            total += int(fields[7])
+        if name in wanted:
+            total += int(fields[7])  # user nice system idle iowait irq softirq steal
     return total / CLK_TCK
 
 

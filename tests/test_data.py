@@ -206,7 +206,13 @@ def test_mixture_reproducible_from_seed(tiny: DataConfig, train_rooms: RirBank) 
 
 
 def test_bandwidth_meta_respects_lowpass(tiny: DataConfig, train_rooms: RirBank) -> None:
-    gen = _gen(tiny, train_rooms, speech_lowpass_prob=1.0, lowpass_hz=(3000.0, 6000.0))
+    gen = _gen(
+        tiny,
+        train_rooms,
+        speech_lowpass_prob=1.0,
+        lowpass_hz=(3000.0, 6000.0),
+        channel_probs=(0.0, 0.0),
+    )
     for i in range(6):
         m = gen.generate(i)
         lp = m.meta["speech_lowpass_hz"]
@@ -217,10 +223,47 @@ def test_bandwidth_meta_respects_lowpass(tiny: DataConfig, train_rooms: RirBank)
         f = np.fft.rfftfreq(len(m.clean), 1 / SAMPLE_RATE)
         ratio = spec[f > 2 * lp].sum() / spec[f < lp].sum()
         assert ratio < 1e-4
-    plain = _gen(tiny, train_rooms, speech_lowpass_prob=0.0).generate(0)
+    plain = _gen(tiny, train_rooms, speech_lowpass_prob=0.0, channel_probs=(0.0, 0.0)).generate(0)
     assert math.isinf(plain.meta["speech_lowpass_hz"])
     # The tiny corpus is 16/22 kHz speech: the mask stops at its bandwidth.
     assert plain.meta["bandwidth_hz"] <= 11025.0
+
+
+@pytest.mark.parametrize(("share", "rate"), [((1.0, 0.0), 8000), ((0.0, 1.0), 16000)])
+def test_channel_band_limits_speech_and_noise_together(
+    tiny: DataConfig, train_rooms: RirBank, share: tuple[float, float], rate: int
+) -> None:
+    """A telephone or wideband channel: speech, target and noise all lose the band above
+    the channel's Nyquist frequency, the SNR holds on what passed, and the loss mask
+    stops at the channel's passband."""
+    gen = _gen(tiny, train_rooms, channel_probs=share, noise_free_prob=0.0)
+    f = np.fft.rfftfreq(2 * SAMPLE_RATE, 1 / SAMPLE_RATE)
+    for i in range(4):
+        m = gen.generate(i)
+        assert m.meta["channel_rate"] == rate
+        assert m.meta["bandwidth_hz"] <= 0.9 * rate / 2 + 1e-6
+        for part in (m.clean, m.noise, m.noisy):
+            spec = np.abs(np.fft.rfft(part)) ** 2
+            assert spec[f > 0.55 * rate].sum() < 1e-4 * spec[f < 0.45 * rate].sum()
+        snr = 10 * np.log10(active_power(m.speech) / np.mean(m.noise**2))
+        assert snr == pytest.approx(m.meta["snr_db"], abs=0.5)
+
+
+def test_speed_perturbation_moves_pitch(tiny: DataConfig, train_rooms: RirBank) -> None:
+    """Speech read at rate x speed: its pitch moves by the factor (new voices)."""
+    base = {"channel_probs": (0.0, 0.0), "noise_free_prob": 1.0, "rir_prob": 0.0}
+    base |= {"speech_filter_prob": 0.0, "speech_lowpass_prob": 0.0}
+    plain = _gen(tiny, train_rooms, speed_prob=0.0, **base).generate(0)
+    fast = _gen(tiny, train_rooms, speed_prob=1.0, speed_range=(1.25, 1.25), **base).generate(0)
+    assert plain.meta["speed"] == 1.0 and fast.meta["speed"] == 1.25
+
+    def pitch(x: np.ndarray) -> float:
+        spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        f = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
+        band = (f > 60) & (f < 400)
+        return float(f[band][np.argmax(spec[band])])
+
+    assert pitch(fast.clean) == pytest.approx(1.25 * pitch(plain.clean), rel=0.1)
 
 
 def test_room_target_is_drier_than_input(tiny: DataConfig, train_rooms: RirBank) -> None:

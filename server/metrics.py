@@ -25,6 +25,18 @@ GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
+SESSION_OUTCOMES = (
+    "accepted",
+    "rejected_full",
+    "rejected_draining",
+    "rejected_pending",  # the client already has max_pending_per_client connecting (429)
+    "evicted_pending",  # a not-yet-connected session closed to admit another one
+    "timed_out",  # never connected (or never sent RTP) within connect_timeout_s
+    "failed",
+    "closed",
+)
+
+
 class Metrics:
     def __init__(self, per_stream_limit: int = 64) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -121,8 +133,18 @@ class Metrics:
         self.draining = Gauge("percepnet_draining", "1 while draining on SIGTERM", registry=r)
         for outcome in ("processed", "bypassed", "failed"):
             self.frames.labels(outcome)
-        for outcome in ("accepted", "rejected_full", "rejected_draining", "failed", "closed"):
+        for outcome in SESSION_OUTCOMES:
             self.sessions.labels(outcome)
+        self.rejected_requests = Counter(
+            "percepnet_rejected_requests",
+            "Requests refused by the input checks, by reason: body (malformed or too "
+            "deep JSON, bad numbers), candidates (too many, or not unicast), rate "
+            "(PATCH rate limit), error (unexpected handler exception, answered 500)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("body", "candidates", "rate", "error"):
+            self.rejected_requests.labels(reason)
         for outcome in ("applied", "ignored"):
             self.control_messages.labels(outcome)
         for outcome in OUTCOMES:

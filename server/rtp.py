@@ -383,6 +383,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.out_ts: int | None = None
         self.out_seq = random.getrandbits(16)
         self.marker = True  # first packet of a talk spurt
+        self.packets_in = 0  # packets handled (after the reorderer): the send credit
         self.counts = {name: 0 for name in OUTCOMES}
         self.counts["concealed_samples"] = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -464,6 +465,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     async def _handle(self, packet: RtpPacket, queued_at: float) -> None:
         cpu = time.thread_time()
+        self.packets_in += 1  # the credit: each packet handled allows one packet out
         conceal = self._timeline(packet)
         try:
             x = self.decoder.decode(packet.payload)
@@ -478,11 +480,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             size = len(x) if len(x) in LONG_PACKETS else PACKET_SAMPLES
             self.encoder = OpusEncoder(self.settings.bitrate, size)
         if conceal:
-            # Only what spare credit can send (one packet in, at most one out): the
-            # rest of the gap becomes a jump of the output clock, like a pause.
-            spare = self.counts["received"] - self.counts["sent"] - 1
+            # Only what spare credit can send (one packet in, at most one out; with
+            # 20 ms in and out there is none): the rest of the gap stays a gap in the
+            # output clock, for the receiver's own loss concealment.
+            spare = self.packets_in - self.counts["sent"] - 1
             filled = min(conceal, max(0, spare) * self.encoder.packet_samples)
-            self._jump(conceal - filled)
+            self._jump(conceal - filled, marker=False)
             if filled:
                 x = np.concatenate([np.zeros(filled), x])
                 self.counts["concealed_samples"] += filled
@@ -515,19 +518,20 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._jump(gap)  # a pause or a restart: jump the output clock with the input's
         return 0
 
-    def _jump(self, gap: int) -> None:
+    def _jump(self, gap: int, *, marker: bool = True) -> None:
+        """Move the output clock with the input's by `gap` samples; `marker`: a new talk
+        spurt (a pause or a restart of the sender), not a loss."""
         if gap != 0 and self.out_ts is not None:
             self.ts_offset = (self.ts_offset - gap) & 0xFFFFFFFF
             self.out_ts = (self.out_ts + gap) & 0xFFFFFFFF
-            self.marker = True
+            self.marker = self.marker or marker
 
     def _send(self, payload: bytes, samples: int) -> None:
         assert self.out_ts is not None
-        if self.counts["sent"] >= self.counts["received"]:
-            # never more packets out than in: the slot is skipped (a jump of the clock)
+        if self.counts["sent"] >= self.packets_in:
+            # never more packets out than in: the slot is skipped, a gap in the clock
             self._count("withheld")
             self.out_ts = (self.out_ts + samples) & 0xFFFFFFFF
-            self.marker = True
             return
         packet = RtpPacket(
             payload_type=(

@@ -60,6 +60,9 @@ MAX_CANDIDATES_PER_SESSION = 16
 """Remote ICE candidates one session may name (offer and trickle together): each one is
 an address the server sends STUN checks to."""
 MAX_CANDIDATES_PER_PATCH = 8
+PENDING_GRACE_S = 1.0
+"""A full worker closes a not-yet-connected session to admit a new one only once it has
+had this long to connect (ICE and DTLS take well under a second on most paths)."""
 PATCH_BURST = 5
 PATCH_PER_S = 1.0
 """Trickle PATCHes per session: a burst of PATCH_BURST, then PATCH_PER_S (token bucket)."""
@@ -367,7 +370,7 @@ class SessionManager:
         if self.draining:
             return False
         held = self.active + sum(self._negotiating.values())
-        return held < self.capacity or any(s.pending for s in self.sessions.values())
+        return held < self.capacity or bool(self._evictable(self.sessions.values(), True))
 
     # -- admission: the one path for WebRTC, WHIP and RTP --------------------------
     @contextlib.asynccontextmanager
@@ -375,9 +378,10 @@ class SessionManager:
         """Hold a slot for a session being set up by `client` (an address); `register`
         the session inside. Refuses with Draining (503), TooManyPending (429: the client
         has max_pending_per_client sessions connecting) or ServiceFull (503: full of
-        connected streams). When the slots or the pending budget are taken but some are
-        held by sessions still connecting, the oldest of those of the client holding the
-        most is closed to make room, so unconnected sessions can never lock others out."""
+        connected streams). When the pending budget is spent, or every slot is taken
+        while some are held by sessions that have not connected in PENDING_GRACE_S, the
+        oldest of those of the client holding the most is closed to make room: sessions
+        that never connect cannot lock others out."""
         client = client_key(client)
         if self.draining:
             self.metrics.sessions.labels("rejected_draining").inc()
@@ -390,10 +394,9 @@ class SessionManager:
                 f"{mine} sessions of this client are still connecting; connect or end them"
             )
         negotiating = sum(self._negotiating.values())
-        if (
-            negotiating + len(pending) >= self.config.max_pending
-            or self.active + negotiating >= self.capacity
-        ) and not self._evict_pending(pending):
+        budget_spent = negotiating + len(pending) >= self.config.max_pending
+        full = self.active + negotiating >= self.capacity
+        if (budget_spent or full) and not self._evict_pending(self._evictable(pending, grace=full)):
             self.metrics.sessions.labels("rejected_full").inc()
             raise ServiceFull("no free stream slot")
         self._negotiating[client] += 1
@@ -403,6 +406,13 @@ class SessionManager:
             self._negotiating[client] -= 1
             if self._negotiating[client] <= 0:
                 del self._negotiating[client]
+
+    @staticmethod
+    def _evictable(sessions: Any, grace: bool) -> list[Session]:
+        now = time.monotonic()
+        return [
+            s for s in sessions if s.pending and (not grace or now - s.created >= PENDING_GRACE_S)
+        ]
 
     def _evict_pending(self, pending: list[Session]) -> bool:
         """Close the oldest not-yet-connected session of the client with the most."""

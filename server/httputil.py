@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,10 @@ def _int(literal: str) -> int:
 def _float(literal: str) -> float:
     if len(literal) > 64:
         raise ValueError("number literal too long")
-    return float(literal)
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {literal}")
+    return value
 
 
 def _constant(name: str) -> Any:

@@ -75,7 +75,7 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_json(text: str | bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """json.loads with bounded nesting and number sizes; NaN and Infinity refused.
 
     Every failure is a ValueError with a short reason (never RecursionError)."""

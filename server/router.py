@@ -326,11 +326,11 @@ async def serve_router(config: Config, sock: socket.socket | None = None) -> int
         try:
             for w in router.workers:
                 w.spawn()
-            ready = asyncio.ensure_future(
+            ready: asyncio.Future[Any] = asyncio.ensure_future(
                 asyncio.gather(*(w.wait_ready(STARTUP_TIMEOUT_S) for w in router.workers))
             )
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():  # SIGTERM while the workers start
                 ready.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RuntimeError):

@@ -325,7 +325,7 @@ class SessionManager:
         self._negotiating: Counter[str] = Counter()  # admitted, not registered, by client
         self.draining = False
         self._ticker: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[bool]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()  # set whenever no session is left (drain waits on it)
         self._idle.set()
         self.runner = make_runner(config, metrics)

@@ -589,3 +589,20 @@ async def test_an_unexpected_handler_exception_is_a_logged_500_not_a_dropped_ses
             await peer.wait_received(0.5)
         assert manager.active == 1
         await peer.close()
+
+
+async def test_a_client_cannot_claim_another_address_to_a_worker_it_reaches_directly() -> None:
+    """The router tells its workers the client's address in X-PercepNet-Client; a worker
+    serving the network itself (no router) ignores that header from clients."""
+    async with sidecar(max_pending_per_client=2) as srv:
+        statuses = []
+        for i in range(3):
+            status, _, _ = await srv.request(
+                "POST",
+                "/v1/rtp-sessions",
+                json={"host": LOOPBACK, "port": 9},
+                headers={"X-PercepNet-Client": f"192.0.2.{i}"},
+            )
+            statuses.append(status)
+        assert statuses == [201, 201, 429]
+        assert {s.client for s in srv.manager.sessions.values()} == {LOOPBACK}

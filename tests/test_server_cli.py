@@ -39,7 +39,14 @@ from server.aiortc_speedups import (
 from server.app import create_app
 from server.client import ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
-from server.config import Config, ConfigError, IceServer, load_config, parse_ice_server
+from server.config import (
+    STREAMS_PER_CORE,
+    Config,
+    ConfigError,
+    IceServer,
+    load_config,
+    parse_ice_server,
+)
 from server.metrics import Metrics
 from server.reorder import ReorderStats
 from server.router import _MergedCollector, merge_metrics
@@ -69,6 +76,8 @@ def test_flags_override_environment_override_defaults() -> None:
         IceServer("turn:turn.local:3478", "u", "p"),
     )
     assert load_config([], {}).ice_servers == ()  # no public STUN by default
+    default = load_config([], {})  # capacity: the measured streams per core, per worker
+    assert default.max_streams == STREAMS_PER_CORE * default.workers
     assert load_config(["--unity-gains"], {}).unity_gains is True
     assert load_config([], {"PERCEPNET_UNITY_GAINS": "false"}).unity_gains is False
     batch = load_config(["--offload", "inline"], {"PERCEPNET_BATCH_WINDOW_MS": "2.5"})
@@ -95,6 +104,11 @@ def test_flags_override_environment_override_defaults() -> None:
         (["--opus-complexity", "11"], {}),
         ([], {"PERCEPNET_OPUS_COMPLEXITY": "-1"}),
         ([], {"PERCEPNET_INLINE_CODECS": "sometimes"}),
+        (["--max-pending", "0"], {}),
+        ([], {"PERCEPNET_MAX_PENDING_PER_CLIENT": "0"}),
+        (["--connect-timeout", "0"], {}),
+        (["--rtp-allow", "239.0.0.0/8"], {}),
+        ([], {"PERCEPNET_RTP_ALLOW": "10.0.0.0/33"}),
     ],
 )
 def test_bad_settings_raise_config_error(argv: list[str], env: dict[str, str]) -> None:

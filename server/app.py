@@ -102,6 +102,7 @@ class LoopLagMonitor:
             if time.monotonic() - window_start >= self.window:
                 self.max_s = window_max
                 self.metrics.loop_lag_max.set(window_max)
+                self.metrics.loop_tasks.set(len(asyncio.all_tasks()))
                 window_start, window_max = time.monotonic(), 0.0
 
 

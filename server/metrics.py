@@ -7,7 +7,7 @@ set stays bounded. Everything per stream is also in /streams.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from server.reorder import OUTCOMES
 
@@ -131,6 +131,14 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("percepnet_draining", "1 while draining on SIGTERM", registry=r)
+        self.loop_tasks = Gauge(
+            "percepnet_event_loop_tasks",
+            "Unfinished asyncio tasks on the worker's loop (sampled with the loop lag); "
+            "with no session it returns to its idle count, or tasks leak",
+            registry=r,
+        )
+        # process_resident_memory_bytes, process_open_fds...: RSS and fds for leak checks
+        ProcessCollector(registry=r)
         for outcome in ("processed", "bypassed", "failed"):
             self.frames.labels(outcome)
         for outcome in SESSION_OUTCOMES:

@@ -281,6 +281,8 @@ def is_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     reserved (IPv4-mapped IPv6 judged as the IPv4 address it maps)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_loopback:  # ::1 lies inside IPv6's reserved ::/8
+        return True
     return not (address.is_multicast or address.is_unspecified or address.is_reserved)
 
 

@@ -606,3 +606,27 @@ async def test_a_client_cannot_claim_another_address_to_a_worker_it_reaches_dire
             statuses.append(status)
         assert statuses == [201, 201, 429]
         assert {s.client for s in srv.manager.sessions.values()} == {LOOPBACK}
+
+
+def test_address_rules() -> None:
+    import ipaddress
+
+    from server.rtp import DestinationRefused, check_destination, same_host
+    from server.session import client_key, is_unicast
+
+    # one IPv6 host holds a /64: per-client limits count the /64
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" == client_key("192.0.2.7")
+    for bad in ("224.0.0.251", "255.255.255.255", "0.0.0.0", "240.0.0.1", "ff02::fb", "::"):
+        assert not is_unicast(ipaddress.ip_address(bad)), bad
+    for good in ("127.0.0.1", "10.1.2.3", "192.0.2.1", "::1", "fe80::1", "2001:db8::1"):
+        assert is_unicast(ipaddress.ip_address(good)), good
+    allow = Config(rtp_allow=("192.0.2.0/24", "2001:db8::/32")).rtp_networks
+    check_destination("192.0.2.10", allow)
+    check_destination("::ffff:192.0.2.10", allow)  # judged as the IPv4 address it maps
+    check_destination("2001:db8::5", allow)
+    for refused in ("192.0.2.255", "192.0.3.1", "127.0.0.1", "::ffff:224.0.0.1"):
+        with pytest.raises(DestinationRefused):
+            check_destination(refused, allow)
+    assert same_host("::ffff:127.0.0.1", "127.0.0.1") and not same_host("127.0.0.2", "127.0.0.1")

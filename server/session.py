@@ -668,17 +668,21 @@ class SessionManager:
         interval = self.config.stats_interval_s
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            latencies = []
-            for session in list(self.sessions.values()):
-                try:
-                    self._tick_session(session, now)
-                    if session.processor is not None and session.enhancer is not None:
-                        latencies.append(session.processor.added_latency_s)
-                except Exception:
-                    log.exception("stats for %s", session.id)
-            if latencies:
-                self.metrics.added_latency.set(max(latencies))
+            self._tick_all(time.monotonic())
+
+    def _tick_all(self, now: float) -> None:
+        # (a function of its own, so that no loop variable of the long-lived ticker keeps
+        # the last session, closed or not, alive between ticks: bench/soak.py abandoned)
+        latencies = []
+        for session in list(self.sessions.values()):
+            try:
+                self._tick_session(session, now)
+                if session.processor is not None and session.enhancer is not None:
+                    latencies.append(session.processor.added_latency_s)
+            except Exception:
+                log.exception("stats for %s", session.id)
+        if latencies:
+            self.metrics.added_latency.set(max(latencies))
 
     def _tick_session(self, session: Session, now: float) -> None:
         s = session.stats

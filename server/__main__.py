@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,13 +47,18 @@ async def serve_worker(
     *,
     worker_index: int = 0,
     unix_path: Path | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve one worker app until SIGTERM/SIGINT, then drain and exit."""
+    """Serve one worker app until SIGTERM/SIGINT, then drain and exit. It listens on
+    `sock` when given (bound by main(), before the model load), else on unix_path,
+    else on config.host:port."""
     app = create_app(config, factory, worker_index=worker_index)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site: web.BaseSite
-    if unix_path is not None:
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    elif unix_path is not None:
         site = web.UnixSite(runner, str(unix_path))
     else:
         site = web.TCPSite(runner, config.host, config.port)
@@ -83,6 +89,25 @@ def setup_logging(level: str) -> None:
     )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The service's listening TCP socket (OSError when the port is taken, the address
+    is not local...). Bound first thing, so such a failure costs no model load and
+    leaves no worker behind."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
@@ -91,23 +116,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     try:
-        factory = build_enhancer_factory(config)
-    except ModelError as exc:
+        sock = listen(config.host, config.port)
+    except OSError as exc:
         print(
-            f"percepnet-server: cannot load the model: {exc}\n"
-            "  give one with --model PATH (PERCEPNET_MODEL), or --unity-gains to run "
-            "the DSP without a model",
+            f"percepnet-server: cannot listen on {config.host}:{config.port}: "
+            f"{exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 2
-    if config.workers == 1:
-        asyncio.run(serve_worker(config, factory))
-        return 0
-    # Loaded above only to fail fast with a clear message; each worker loads its own.
-    del factory
-    from server.router import serve_router
+        return 1
+    with sock:
+        try:
+            factory = build_enhancer_factory(config)
+        except ModelError as exc:
+            print(
+                f"percepnet-server: cannot load the model: {exc}\n"
+                "  give one with --model PATH (PERCEPNET_MODEL), or --unity-gains to run "
+                "the DSP without a model",
+                file=sys.stderr,
+            )
+            return 2
+        if config.workers == 1:
+            asyncio.run(serve_worker(config, factory, sock=sock))
+            return 0
+        # Loaded above only to fail fast with a clear message; each worker loads its own.
+        del factory
+        from server.router import serve_router
 
-    return asyncio.run(serve_router(config))
+        return asyncio.run(serve_router(config, sock))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@
    variables, a self-pipe write to wake the loop, GIL switches between threads that share
    one core anyway) cost more than the work. With inline codecs, an audio receiver
    decodes in the event loop as each frame completes, and an audio sender encodes in
-   the event loop. Video is left as aiortc has it. Both hooks use private attributes of
-   aiortc, so they are installed only where aiortc has the shape they were written for
-   (`inline_codecs_supported` checks its source, 1.16.0 here); otherwise aiortc's
-   threads stay and a warning says so.
+   the event loop. Video is left as aiortc has it.
 
 3. The Opus encoder's complexity (`opus_complexity`, 0-10). aiortc leaves libopus at its
    default, 10, the most expensive setting, at 96 kbit/s. For 20 ms of speech at that
@@ -33,11 +30,28 @@
    jitter buffer of its own. `RelayJitterBuffer` only puts packets back in order
    (server/reorder.py): a packet in sequence is decoded as it arrives, and only a gap
    holds the packets behind it, at most RELAY_MAX_HELD of them.
+
+5. Data-channel input (`_data_channel_receive`). aiortc decodes a text message with
+   `bytes.decode("utf8")` inside its SCTP transport: invalid UTF-8 raised there and
+   ended the whole connection. The guard hands such a message on as bytes (our control
+   parser then counts and ignores it), and a malformed channel-open message is logged
+   and dropped instead of raised.
+
+All of these replace private aiortc internals. They were written against aiortc
+1.16.0 (pyproject pins 1.16.x), and `install` patches only after `contract_problems()`
+finds nothing: the exact version in TESTED_AIORTC, the parameters of every function
+replaced or wrapped as recorded in HOOKED_SIGNATURES, and the source shapes the hooks
+rely on. Otherwise nothing is patched (stock aiortc: codec threads, its jitter
+buffer) and a warning names what did not fit. On 1.15.0, for instance, aiortc's
+decoder thread is called with three arguments, not four: hooked blindly, no audio was
+decoded at all. `install` patches once per process; later calls only change the
+settings the hooks read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import queue
@@ -46,8 +60,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiortc
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import aiortc.rtcsctptransport
 import aiortc.rtp
 import numpy as np
 from aiortc.codecs import get_decoder
@@ -273,44 +289,124 @@ def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -
 def _sender_init(self: Any, track_or_kind: Any, *args: Any, **kwargs: Any) -> None:
     _ORIGINAL["sender_init"](self, track_or_kind, *args, **kwargs)
     loop = getattr(self, _SENDER_LOOP, None)
-    if self.kind == "audio" and isinstance(loop, asyncio.AbstractEventLoop):
+    audio = self.kind == "audio"
+    if _hooks["inline_codecs"] and audio and isinstance(loop, asyncio.AbstractEventLoop):
         setattr(self, _SENDER_LOOP, InlineExecutorLoop(loop))
 
 
-def inline_codecs_supported() -> bool:
-    """Whether this aiortc has the internals the inline-codec hooks replace."""
-    import inspect
+_SCTP = aiortc.rtcsctptransport.RTCSctpTransport
+_ORIGINAL["sctp_receive"] = _SCTP._data_channel_receive
 
+
+async def _data_channel_receive(self: Any, stream_id: int, pp_id: int, data: bytes) -> None:
+    """aiortc's, except that bad input never raises into the SCTP transport."""
+    if pp_id == aiortc.rtcsctptransport.WEBRTC_STRING and stream_id in self._data_channels:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # as bytes: the control parser refuses it, counts it and the call goes on
+            self._data_channels[stream_id].emit("message", bytes(data))
+            return
+    try:
+        await _ORIGINAL["sctp_receive"](self, stream_id, pp_id, data)
+    except Exception as exc:  # a malformed channel-open or -ack message
+        log.warning("dropped a malformed data-channel message (ppid %d): %r", pp_id, exc)
+
+
+TESTED_AIORTC = ("1.16.0",)
+"""aiortc releases the hooks were written and tested against (pyproject pins these)."""
+
+HOOKED_SIGNATURES: dict[str, tuple[Callable[..., Any] | None, tuple[str, ...]]] = {
+    # what is replaced or wrapped -> (aiortc's function, the parameters the hooks assume)
+    "rtp.compute_audio_level_dbov": (_original, ("frame",)),
+    "rtcrtpsender.get_encoder": (_ORIGINAL["get_encoder"], ("codec",)),
+    "RTCRtpReceiver.__init__": (_ORIGINAL["receiver_init"], ("self", "kind", "transport")),
+    "RTCRtpReceiver.receive": (_ORIGINAL["receiver_receive"], ("self", "parameters")),
+    "RTCRtpReceiver._handle_rtp_packet": (
+        _RECEIVER._handle_rtp_packet,
+        ("self", "packet", "arrival_time_ms"),
+    ),
+    "rtcrtpreceiver.decoder_worker": (
+        _ORIGINAL["decoder_worker"],
+        ("loop", "input_q", "output_q", "decode_error"),
+    ),
+    "RTCRtpSender.__init__": (_ORIGINAL["sender_init"], ("self", "trackOrKind", "transport")),
+    "RTCRtpSender._next_encoded_frame": (_SENDER._next_encoded_frame, ("self", "codec")),
+    "RTCSctpTransport._data_channel_receive": (
+        _ORIGINAL["sctp_receive"],
+        ("self", "stream_id", "pp_id", "data"),
+    ),
+}
+
+
+def _parameters(func: Callable[..., Any] | None) -> tuple[str, ...] | None:
+    if func is None:
+        return None
+    try:
+        return tuple(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def contract_problems(
+    version: str | None = None,
+    signatures: dict[str, tuple[Callable[..., Any] | None, tuple[str, ...]]] | None = None,
+) -> list[str]:
+    """Why the hooks do not fit this aiortc (empty: they do). `version` and `signatures`
+    default to the installed aiortc's; tests pass others."""
+    version = aiortc.__version__ if version is None else version
+    signatures = HOOKED_SIGNATURES if signatures is None else signatures
+    problems = []
+    if version not in TESTED_AIORTC:
+        problems.append(f"aiortc {version} is not a tested version ({', '.join(TESTED_AIORTC)})")
+    for name, (func, expected) in signatures.items():
+        found = _parameters(func)
+        if found != expected:
+            problems.append(f"{name}{found or '(missing)'} is not {name}{expected}")
+    return problems
+
+
+def _source_fits() -> list[str]:
+    """The source shapes the hooks rely on (a second check beside the signatures)."""
     try:
         receive_src = inspect.getsource(_ORIGINAL["receiver_receive"])
         next_frame_src = inspect.getsource(_SENDER._next_encoded_frame)
-    except (OSError, TypeError):  # no source to check (a .pyc-only install): keep aiortc's
-        return False
+        handle_src = inspect.getsource(_RECEIVER._handle_rtp_packet)
+        init_src = inspect.getsource(_ORIGINAL["receiver_init"])
+    except (OSError, TypeError):  # no source to check (a .pyc-only install)
+        return ["aiortc's source is not available to check"]
     from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-    return (
-        _ORIGINAL["decoder_worker"] is not None
-        and "decoder_worker" in receive_src
-        and "self.__loop.run_in_executor" in next_frame_src
-        and isinstance(getattr(RemoteStreamTrack(kind="audio"), "_queue", None), asyncio.Queue)
-    )
+    shapes = {
+        "receive() starts decoder_worker": "decoder_worker" in receive_src,
+        "the sender encodes in an executor": "self.__loop.run_in_executor" in next_frame_src,
+        "the receiver's JitterBuffer": "self.__jitter_buffer = JitterBuffer(" in init_src,
+        "the receiver's decoder error event": "self.__decoder_error = threading.Event()"
+        in init_src,
+        "one add(packet) per packet": "self.__jitter_buffer.add(packet)" in handle_src,
+        "frames go to the decoder queue": "self.__decoder_queue.put((codec, encoded_frame))"
+        in handle_src,
+        "remote tracks have an asyncio queue": isinstance(
+            getattr(RemoteStreamTrack(kind="audio"), "_queue", None), asyncio.Queue
+        ),
+    }
+    return [f"source shape missing: {what}" for what, ok in shapes.items() if not ok]
+
+
+_state = {"installed": False, "fits": False}
+
+
+def hooks_fit() -> bool:
+    """Whether the installed aiortc is one the hooks fit (checked once per process)."""
+    return not (contract_problems() or _source_fits())
+
+
+def inline_codecs_supported() -> bool:
+    return hooks_fit()
 
 
 def relay_buffer_supported() -> bool:
-    """Whether this aiortc's receiver takes its audio frames from the buffer the relay
-    hook replaces, one `add(packet)` per packet, into the decoder queue."""
-    import inspect
-
-    try:
-        handle_src = inspect.getsource(_RECEIVER._handle_rtp_packet)
-        init_src = inspect.getsource(_ORIGINAL["receiver_init"])
-    except (OSError, TypeError):
-        return False
-    return (
-        "self.__jitter_buffer = JitterBuffer(" in init_src
-        and "self.__jitter_buffer.add(packet)" in handle_src
-        and "self.__decoder_queue.put((codec, encoded_frame))" in handle_src
-    )
+    return hooks_fit()
 
 
 def inline_codecs_installed() -> bool:
@@ -321,49 +417,46 @@ def relay_buffer_installed() -> bool:
     return _RECEIVER.__init__ is _receiver_init and _hooks["relay_buffer"]
 
 
+def _patch() -> None:
+    aiortc.rtp.compute_audio_level_dbov = numpy_audio_level_dbov
+    aiortc.rtcrtpsender.get_encoder = _get_encoder
+    _RECEIVER.__init__ = _receiver_init  # type: ignore[method-assign]
+    _RECEIVER.receive = _receiver_receive  # type: ignore[method-assign]
+    _SENDER.__init__ = _sender_init  # type: ignore[method-assign,assignment]
+    aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
+    _SCTP._data_channel_receive = _data_channel_receive  # type: ignore[method-assign]
+
+
 def install(
     *,
     inline_codecs: bool = True,
     relay_buffer: bool = True,
     opus_complexity: int = OPUS_DEFAULT_COMPLEXITY,
 ) -> bool:
-    """Swap the vectorised audio level in, the inline codecs and the relay receive buffer
-    in or out, and set the Opus encoders' complexity, for peer connections made from now
-    on (idempotent; process-wide). Returns whether inline codecs are on."""
+    """Patch aiortc (the first call, and only if `contract_problems` and the source
+    shapes find nothing), then set what the hooks do for peer connections made from
+    now on: inline codecs, the relay receive buffer, the Opus complexity. Returns
+    whether inline codecs are on."""
     global _opus_complexity
     if not 0 <= opus_complexity <= 10:
         raise ValueError(f"Opus complexity must be 0-10, not {opus_complexity}")
+    if not _state["installed"]:
+        _state["installed"] = True
+        problems = contract_problems() + _source_fits()
+        if problems:
+            log.warning(
+                "aiortc %s: the speed-ups do not fit this version, aiortc runs as shipped "
+                "(codec threads, its 80 ms jitter buffer): %s",
+                aiortc.__version__,
+                "; ".join(problems),
+            )
+        else:
+            _patch()
+            _state["fits"] = True
+    fits = _state["fits"]
     _opus_complexity = opus_complexity
-    aiortc.rtp.compute_audio_level_dbov = numpy_audio_level_dbov
-    aiortc.rtcrtpsender.get_encoder = _get_encoder
-    if inline_codecs and not inline_codecs_supported():
-        log.warning(
-            "aiortc %s: inline codec hooks do not fit this version; codecs stay in threads",
-            aiortc.__version__,
-        )
-        inline_codecs = False
-    if relay_buffer and not relay_buffer_supported():
-        log.warning(
-            "aiortc %s: the relay receive buffer does not fit this version; audio keeps "
-            "aiortc's jitter buffer (80 ms)",
-            aiortc.__version__,
-        )
-        relay_buffer = False
-    _hooks.update(inline_codecs=inline_codecs, relay_buffer=relay_buffer)
-    hook_receiver = inline_codecs or relay_buffer
-    _RECEIVER.__init__ = (  # type: ignore[method-assign]
-        _receiver_init if hook_receiver else _ORIGINAL["receiver_init"]
-    )
-    if inline_codecs:
-        _RECEIVER.receive = _receiver_receive  # type: ignore[method-assign]
-        _SENDER.__init__ = _sender_init  # type: ignore[method-assign,assignment]
-        aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
-    else:
-        _RECEIVER.receive = _ORIGINAL["receiver_receive"]  # type: ignore[method-assign]
-        _SENDER.__init__ = _ORIGINAL["sender_init"]  # type: ignore[method-assign]
-        if _ORIGINAL["decoder_worker"] is not None:
-            aiortc.rtcrtpreceiver.decoder_worker = _ORIGINAL["decoder_worker"]
-    return inline_codecs
+    _hooks.update(inline_codecs=inline_codecs and fits, relay_buffer=relay_buffer and fits)
+    return _hooks["inline_codecs"]
 
 
 def original_audio_level_dbov(frame: AudioFrame) -> int:

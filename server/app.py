@@ -1,24 +1,29 @@
 """The aiohttp application of one worker: signalling, controls, metrics, health, page.
 
-    POST   /offer                  JSON {sdp, type[, mode]} -> JSON answer {sdp, type, session}
-    POST   /whip[?mode=...]        application/sdp -> 201, Location: /whip/{id}, answer SDP
-    PATCH  /whip/{id}              application/trickle-ice-sdpfrag -> 204 (ICE restart: 422)
-    DELETE /whip/{id}              end the session (also DELETE /streams/{id})
-    OPTIONS /whip, /whip/{id}      CORS preflight
-    GET    /streams, /streams/{id} per-stream JSON
-    POST   /streams/{id}/control   JSON {enabled?, attenuation_limit_db?} -> stream JSON
+    POST   /offer                  JSON {sdp, type[, mode]} -> JSON answer
+                                   {sdp, type, id, session, location}
+    POST   /whip[?mode=...]        application/sdp -> 201, Location: /whip/{key}, answer SDP
+    PATCH  /whip/{key}             application/trickle-ice-sdpfrag -> 204 (ICE restart: 422)
+    DELETE /whip/{key}             end the session (also DELETE /streams/{key})
+    OPTIONS /whip, /whip/{key}     CORS preflight
+    GET    /streams                totals; each stream's JSON too with an operator token
+    GET    /streams/{key}          the stream's JSON
+    POST   /streams/{key}/control  JSON {enabled?, attenuation_limit_db?} -> stream JSON
     GET    /metrics /healthz /readyz /config.json, and the page at /
-    POST   /v1/rtp-sessions, GET/DELETE /v1/rtp-sessions/{id}: sidecar RTP (server/rtp.py)
+    POST   /v1/rtp-sessions, GET/DELETE /v1/rtp-sessions/{key}: sidecar RTP (server/rtp.py)
 
 mode is "enhance" (default) or "passthrough" (no DSP at all: the benchmark baseline).
+
+{key} is the session's capability, `<id>.<secret>` (server/session.py), returned only
+to its creator: `session` in the /offer answer, the WHIP Location, the sidecar's
+`session`. The public `id` grants nothing. With an operator token (--auth-token) every
+endpoint but the page, /healthz and /readyz also needs `Authorization: Bearer TOKEN`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +36,8 @@ from percepnet.enhancer import Enhancer
 from server import aiortc_speedups, rtp
 from server.config import Config
 from server.gcwatch import GcMonitor
-from server.httputil import read_text
+from server.httputil import bearer_matches, parse_json, read_text
+from server.httputil import client_address as _client_address
 from server.metrics import Metrics
 from server.session import (
     BadOffer,
@@ -51,7 +57,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 
 SDP_TYPE = "application/sdp"
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
-PROTECTED_PREFIXES = ("/offer", "/whip", "/streams", "/config.json", "/v1/")
+PROTECTED_PREFIXES = ("/offer", "/whip", "/streams", "/config.json", "/v1/", "/metrics")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
@@ -96,6 +102,7 @@ class LoopLagMonitor:
             if time.monotonic() - window_start >= self.window:
                 self.max_s = window_max
                 self.metrics.loop_lag_max.set(window_max)
+                self.metrics.loop_tasks.set(len(asyncio.all_tasks()))
                 window_start, window_max = time.monotonic(), 0.0
 
 
@@ -107,16 +114,18 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    return bearer_matches(request.headers.get("Authorization"), token)
+
+
+def client_address(request: web.Request) -> str:
+    """The address a request came from (the router's word for it, behind the router)."""
+    return _client_address(request, request.app[CONFIG_KEY].forwarded_client)
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS headers, bearer auth, body-size limit and SessionError -> status mapping."""
+    """CORS headers, bearer auth, body-size limit, SessionError -> status mapping, and
+    any other exception -> a logged 500 (the connection and every session stay up)."""
     config = request.app[CONFIG_KEY]
     try:
         if request.method != "OPTIONS":
@@ -142,6 +151,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
         response = _error(exc.status, exc.text or exc.reason, kept)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        if METRICS_KEY in request.app:
+            request.app[METRICS_KEY].rejected_requests.labels("error").inc()
+        response = _error(500, "internal error (logged)")
     for key, value in CORS_HEADERS.items():
         response.headers.setdefault(key, value)
     return response
@@ -165,23 +179,34 @@ def _mode(value: object) -> Mode:
     raise BadOffer(f"mode must be enhance or passthrough, not {value!r}")
 
 
-def _session_id(request: web.Request) -> str:
+def _session_key(request: web.Request) -> str:
     return request.match_info["id"]
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON (bounded size, depth and numbers); 400 when it is not."""
+    text = await _body_text(request)
+    try:
+        return parse_json(text)
+    except ValueError as exc:
+        if METRICS_KEY in request.app:
+            request.app[METRICS_KEY].rejected_requests.labels("body").inc()
+        raise BadOffer(f"body: {exc}") from exc
 
 
 # -- signalling ------------------------------------------------------------------------
 async def offer(request: web.Request) -> web.Response:
     _require_type(request, "application/json")
-    text = await _body_text(request)
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadOffer(f"body is not JSON: {exc.msg}") from exc
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
         raise BadOffer("expected a JSON object with string fields sdp and type")
     manager = request.app[MANAGER_KEY]
     session = await manager.create(
-        body["sdp"], str(body.get("type")), mode=_mode(body.get("mode")), kind="offer"
+        body["sdp"],
+        str(body.get("type")),
+        mode=_mode(body.get("mode")),
+        kind="offer",
+        client=client_address(request),
     )
     return web.json_response(_answer_json(session))
 
@@ -191,8 +216,9 @@ def _answer_json(session: Session) -> dict[str, Any]:
     return {
         "sdp": desc.sdp,
         "type": desc.type,
-        "session": session.id,
-        "location": f"/whip/{session.id}",
+        "id": session.id,
+        "session": session.key,
+        "location": f"/whip/{session.key}",
     }
 
 
@@ -200,8 +226,14 @@ async def whip_post(request: web.Request) -> web.Response:
     _require_type(request, SDP_TYPE)
     sdp = await _body_text(request)
     manager = request.app[MANAGER_KEY]
-    session = await manager.create(sdp, "offer", mode=_mode(request.query.get("mode")), kind="whip")
-    location = f"/whip/{session.id}"
+    session = await manager.create(
+        sdp,
+        "offer",
+        mode=_mode(request.query.get("mode")),
+        kind="whip",
+        client=client_address(request),
+    )
+    location = f"/whip/{session.key}"
     headers = {"Location": location, "ETag": f'"{session.id}"'}
     for server in request.app[CONFIG_KEY].ice_servers:
         headers.setdefault("Link", f'<{server.urls}>; rel="ice-server"')
@@ -212,17 +244,17 @@ async def whip_post(request: web.Request) -> web.Response:
 
 async def whip_patch(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    manager.get(_session_id(request))  # 404 before 415 for an unknown session
+    manager.get(_session_key(request))  # 404 before 415 for an unknown session
     _require_type(request, TRICKLE_TYPE)
     fragment = await _body_text(request)
-    await manager.add_candidates(_session_id(request), fragment)
+    await manager.add_candidates(_session_key(request), fragment)
     return web.Response(status=204)
 
 
 async def session_delete(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    manager.get(_session_id(request))
-    await manager.close(_session_id(request), "closed")
+    session = manager.get(_session_key(request))
+    await manager.close(session.id, "closed")
     return web.Response(status=200)
 
 
@@ -232,28 +264,30 @@ async def whip_options(request: web.Request) -> web.Response:
 
 # -- streams and controls --------------------------------------------------------------
 async def streams(request: web.Request) -> web.Response:
+    """Totals for anyone; each stream's record (public ids, voice activity...) only when
+    an operator token is configured (the guard has checked it by now)."""
     manager = request.app[MANAGER_KEY]
-    return web.json_response(
-        {
-            "active": manager.active,
-            "capacity": manager.capacity,
-            "draining": manager.draining,
-            "streams": [s.snapshot() for s in manager.sessions.values()],
-        }
-    )
+    body: dict[str, Any] = {
+        "active": manager.active,
+        "capacity": manager.capacity,
+        "draining": manager.draining,
+    }
+    if request.app[CONFIG_KEY].auth_token:
+        body["streams"] = [s.snapshot() for s in manager.sessions.values()]
+    return web.json_response(body)
 
 
 async def stream(request: web.Request) -> web.Response:
-    return web.json_response(request.app[MANAGER_KEY].get(_session_id(request)).snapshot())
+    return web.json_response(request.app[MANAGER_KEY].get(_session_key(request)).snapshot())
 
 
 async def control(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    manager.get(_session_id(request))
+    manager.get(_session_key(request))
     _require_type(request, "application/json")
     text = await _body_text(request)
     try:
-        state = manager.control(_session_id(request), text)
+        state = manager.control(_session_key(request), text)
     except ValueError as exc:
         raise BadOffer(str(exc)) from exc
     return web.json_response(state)
@@ -306,7 +340,10 @@ def create_app(
         opus_complexity=config.opus_complexity,
     )
     app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
-    app_metrics = Metrics(per_stream_limit=config.per_stream_metrics_limit)
+    # Per-stream series (stream ids, voice activity) only where /metrics needs the
+    # operator token; without one, /metrics is open and carries totals only.
+    per_stream = config.per_stream_metrics_limit if config.auth_token else 0
+    app_metrics = Metrics(per_stream_limit=per_stream)
     manager = SessionManager(config, enhancer_factory, app_metrics, worker_index=worker_index)
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = app_metrics

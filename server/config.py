@@ -7,6 +7,7 @@ ConfigError; only main() turns it into an exit status.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,11 @@ ENV_PREFIX = "PERCEPNET_"
 PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
 
 Offload = Literal["batch", "inline", "thread"]
+
+STREAMS_PER_CORE = 10
+"""Default capacity per worker (one per core): enhanced streams one core held without
+loss in the load sweeps (README, results/service_load.md). --max-streams overrides it."""
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(ValueError):
@@ -49,13 +55,26 @@ class Config:
     unity_gains: bool = False
     """Run the full DSP with unity gains and no model (tests, benchmarks, wiring checks)."""
     max_streams: int = 64
-    """Concurrent streams across all workers; beyond it offers get 503 + Retry-After."""
+    """Concurrent streams across all workers; beyond it offers get 503 + Retry-After
+    (load_config's default: STREAMS_PER_CORE per worker)."""
     workers: int = 1
     """Worker processes, each with its own event loop; >1 puts a router in front."""
     ice_servers: tuple[IceServer, ...] = ()
     """Empty by default: no public STUN on a closed network."""
     auth_token: str | None = None
-    """Bearer token required on signalling and control endpoints when set."""
+    """Operator token: when set, 'Authorization: Bearer TOKEN' is required on signalling,
+    the stream list, /metrics and the RTP sidecar (each session's own endpoints need
+    the session's capability URL as well)."""
+    rtp_allow: tuple[str, ...] = ()
+    """CIDR networks the RTP sidecar may send to; empty: loopback only. Multicast and
+    broadcast destinations are refused whatever this says."""
+    max_pending: int = 16
+    """Sessions per worker admitted but not yet connected (ICE/DTLS, or no RTP yet)."""
+    max_pending_per_client: int = 4
+    """...of which one client address may hold this many (more: 429)."""
+    forwarded_client: bool = False
+    """Take the client address from the router's X-PercepNet-Client header (set for
+    workers behind the router only, which listen on a private Unix socket)."""
     offload: Offload = "batch"
     """Where the enhancer runs: on the event loop, each stream's packets batched with the
     other streams' for the model (batch, the cheapest), one by one (inline), or in one
@@ -81,8 +100,8 @@ class Config:
     drain_timeout_s: float = 30.0
     """On SIGTERM: wait this long for streams to end before closing them."""
     retry_after_s: int = 5
-    connect_timeout_s: float = 20.0
-    """A session whose peer has not connected by then is closed."""
+    connect_timeout_s: float = 10.0
+    """A session whose peer has not connected (or sent RTP) by then is closed."""
     idle_timeout_s: float = 10.0
     """A connected session that has received no audio for this long is closed."""
     stats_interval_s: float = 0.1
@@ -113,6 +132,27 @@ class Config:
             raise ConfigError(f"Opus complexity must be 0-10, not {self.opus_complexity}")
         if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("deadline, body size and drain timeout must be positive")
+        if self.max_pending < 1 or self.max_pending_per_client < 1:
+            raise ConfigError("pending session limits must be at least 1")
+        if not 0 < self.connect_timeout_s <= 300:
+            raise ConfigError(
+                f"connect timeout must be in (0, 300] s, not {self.connect_timeout_s}"
+            )
+        for network in self.rtp_networks:
+            if network.is_multicast:
+                raise ConfigError(f"RTP allowlist: {network} is a multicast network")
+
+    @property
+    def rtp_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The sidecar's allowed destination networks (loopback when none is configured)."""
+        specs = self.rtp_allow or LOOPBACK_NETWORKS
+        out = []
+        for spec in specs:
+            try:
+                out.append(ipaddress.ip_network(spec.strip(), strict=False))
+            except ValueError as exc:
+                raise ConfigError(f"RTP allowlist: not a CIDR network: {spec!r}") from exc
+        return tuple(out)
 
     def worker_capacity(self, index: int) -> int:
         """Streams worker `index` may hold: max_streams split as evenly as possible."""
@@ -120,7 +160,9 @@ class Config:
         return base + (1 if index < extra else 0)
 
     def for_worker(self, index: int) -> Config:
-        return replace(self, workers=1, max_streams=self.worker_capacity(index))
+        return replace(
+            self, workers=1, max_streams=self.worker_capacity(index), forwarded_client=True
+        )
 
 
 def parse_ice_server(spec: str) -> IceServer:
@@ -165,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         const="1",
         help="no model: run the DSP with unity gains (testing and benchmarks only)",
     )
-    p.add_argument("--max-streams", type=int, help="concurrent streams, all workers (64)")
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        help=f"concurrent streams, all workers ({STREAMS_PER_CORE} per worker)",
+    )
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument(
         "--ice-server",
@@ -174,7 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="stun:host:port or turn:user:secret@host:port; repeatable "
         "(env: comma-separated PERCEPNET_ICE_SERVERS). Default: none",
     )
-    p.add_argument("--auth-token", help="require 'Authorization: Bearer TOKEN' (default: off)")
+    p.add_argument(
+        "--auth-token",
+        help="operator token: require 'Authorization: Bearer TOKEN' on signalling, the "
+        "stream list, /metrics and the RTP sidecar (default: off)",
+    )
+    p.add_argument(
+        "--rtp-allow",
+        action="append",
+        help="CIDR the RTP sidecar may send to; repeatable (env: comma-separated "
+        "PERCEPNET_RTP_ALLOW). Default: loopback only; multicast/broadcast never",
+    )
+    p.add_argument("--max-pending", type=int, help="not-yet-connected sessions per worker (16)")
+    p.add_argument(
+        "--max-pending-per-client",
+        type=int,
+        help="not-yet-connected sessions of one client address per worker (4)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=float,
+        help="seconds a session may take to connect or send its first RTP (10)",
+    )
     p.add_argument(
         "--offload",
         choices=["batch", "inline", "thread"],
@@ -246,9 +314,17 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raw = get(name)
         if raw is not None and raw != "":
             kw[name] = raw
-    for name in ("port", "max_streams", "workers", "max_body_bytes", "opus_complexity"):
+    for name in (
+        "port",
+        "max_streams",
+        "workers",
+        "max_body_bytes",
+        "opus_complexity",
+        "max_pending",
+        "max_pending_per_client",
+    ):
         number(name, int)
-    for name in ("frame_deadline_ms", "drain_timeout_s", "batch_window_ms"):
+    for name in ("frame_deadline_ms", "drain_timeout_s", "batch_window_ms", "connect_timeout_s"):
         number(name, float)
     if (raw := get("model")) is not None and raw:
         kw["model"] = Path(raw)
@@ -264,6 +340,14 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     else:
         specs = [s for s in env.get(ENV_PREFIX + "ICE_SERVERS", "").split(",") if s.strip()]
     kw["ice_servers"] = tuple(parse_ice_server(s) for s in specs)
+    if args.rtp_allow:
+        allow: list[str] = [a for spec in args.rtp_allow for a in spec.split(",")]
+    else:
+        allow = env.get(ENV_PREFIX + "RTP_ALLOW", "").split(",")
+    kw["rtp_allow"] = tuple(a.strip() for a in allow if a.strip())
     if "workers" not in kw:
-        kw["workers"] = min(default_workers(), int(kw.get("max_streams", Config.max_streams)))  # type: ignore[call-overload]
+        cores = default_workers()
+        kw["workers"] = min(cores, int(kw.get("max_streams", STREAMS_PER_CORE * cores)))  # type: ignore[call-overload]
+    if "max_streams" not in kw:
+        kw["max_streams"] = STREAMS_PER_CORE * int(kw["workers"])  # type: ignore[call-overload]
     return Config(**kw)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ set stays bounded. Everything per stream is also in /streams.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from server.reorder import OUTCOMES
 
@@ -23,6 +23,18 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 # Event-loop lag: how late a periodic wake-up ran (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+SESSION_OUTCOMES = (
+    "accepted",
+    "rejected_full",
+    "rejected_draining",
+    "rejected_pending",  # the client already has max_pending_per_client connecting (429)
+    "evicted_pending",  # a not-yet-connected session closed to admit another one
+    "timed_out",  # never connected (or never sent RTP) within connect_timeout_s
+    "failed",
+    "closed",
+)
 
 
 class Metrics:
@@ -119,10 +131,28 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("percepnet_draining", "1 while draining on SIGTERM", registry=r)
+        self.loop_tasks = Gauge(
+            "percepnet_event_loop_tasks",
+            "Unfinished asyncio tasks on the worker's loop (sampled with the loop lag); "
+            "with no session it returns to its idle count, or tasks leak",
+            registry=r,
+        )
+        # process_resident_memory_bytes, process_open_fds...: RSS and fds for leak checks
+        ProcessCollector(registry=r)
         for outcome in ("processed", "bypassed", "failed"):
             self.frames.labels(outcome)
-        for outcome in ("accepted", "rejected_full", "rejected_draining", "failed", "closed"):
+        for outcome in SESSION_OUTCOMES:
             self.sessions.labels(outcome)
+        self.rejected_requests = Counter(
+            "percepnet_rejected_requests",
+            "Requests refused by the input checks, by reason: body (malformed or too "
+            "deep JSON, bad numbers), candidates (too many, or not unicast), rate "
+            "(PATCH rate limit), error (unexpected handler exception, answered 500)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("body", "candidates", "rate", "error"):
+            self.rejected_requests.labels(reason)
         for outcome in ("applied", "ignored"):
             self.control_messages.labels(outcome)
         for outcome in OUTCOMES:

@@ -24,6 +24,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +40,7 @@ from prometheus_client.samples import Sample
 from server.app import CONFIG_KEY, CORS_HEADERS, _body_text, _error, client_config, guard, index
 from server.app import whip_options as options
 from server.config import Config
+from server.httputil import CLIENT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,11 @@ class Router:
         self._next = 0  # round-robin tie-break between equally loaded workers
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
-        return {k: request.headers[k] for k in FORWARD_REQUEST_HEADERS if k in request.headers}
+        """The client's headers a worker needs, and the client's address (workers count
+        pending sessions per client; what a client sends as that header is dropped)."""
+        headers = {k: request.headers[k] for k in FORWARD_REQUEST_HEADERS if k in request.headers}
+        headers[CLIENT_HEADER] = request.remote or "unknown"
+        return headers
 
     async def _load(self, worker: Worker) -> int | None:
         """Active streams of a ready worker, or None when it is not taking sessions."""
@@ -211,15 +217,17 @@ class Router:
             part = json.loads(got[1])
             merged["active"] += part["active"]
             merged["capacity"] += part["capacity"]
-            for s in part["streams"]:
+            for s in part.get("streams", []):
                 s["worker"] = i
                 merged["streams"].append(s)
+        if not self.config.auth_token:
+            del merged["streams"]  # per-stream records only for the operator
         return web.json_response(merged)
 
     async def metrics(self, request: web.Request) -> web.Response:
         texts = [
             (i, got[1].decode())
-            for i, got in enumerate(await self._gather("/metrics", {}))
+            for i, got in enumerate(await self._gather("/metrics", self._forward_headers(request)))
             if got is not None and got[0] == 200
         ]
         registry = CollectorRegistry(auto_describe=False)
@@ -302,38 +310,61 @@ class _MergedCollector:
         return self.families
 
 
-async def serve_router(config: Config) -> int:
-    """Start the workers and the router; run until SIGTERM/SIGINT, then drain."""
+async def serve_router(config: Config, sock: socket.socket | None = None) -> int:
+    """Start the workers and the router on `sock` (bound by the caller, so a port in use
+    fails before any worker exists); run until SIGTERM/SIGINT, then drain. Whatever
+    happens, no worker outlives this call."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="percepnet-") as tmp:
         router = Router(config, Path(tmp))
-        for w in router.workers:
-            w.spawn()
-        try:
-            await asyncio.gather(*(w.wait_ready(STARTUP_TIMEOUT_S) for w in router.workers))
-        except RuntimeError as exc:
-            log.error("%s", exc)
-            await _stop_workers(router, 5.0)
-            return 1
         runner = web.AppRunner(router.app(), handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        log.info("router on %s, %d workers", site.name, len(router.workers))
-        monitor = asyncio.create_task(router.monitor())
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("router draining")
-        router.draining = True
-        monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await monitor
-        await _stop_workers(router, config.drain_timeout_s + 10.0)
-        await runner.cleanup()
-        for w in router.workers:
-            await w.close()
+        drain_limit = 5.0
+        try:
+            for w in router.workers:
+                w.spawn()
+            ready: asyncio.Future[Any] = asyncio.ensure_future(
+                asyncio.gather(*(w.wait_ready(STARTUP_TIMEOUT_S) for w in router.workers))
+            )
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():  # SIGTERM while the workers start
+                ready.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                    await ready
+                log.info("stopped during start-up")
+                return 0
+            stopped.cancel()
+            try:
+                ready.result()
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                return 1
+            site: web.BaseSite
+            if sock is not None:
+                site = web.SockSite(runner, sock)
+            else:
+                site = web.TCPSite(runner, config.host, config.port)
+            await site.start()
+            log.info("router on %s, %d workers", site.name, len(router.workers))
+            monitor = asyncio.create_task(router.monitor())
+            await stop.wait()
+            log.info("router draining")
+            router.draining = True
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            drain_limit = config.drain_timeout_s + 10.0
+        finally:
+            await _stop_workers(router, drain_limit)
+            await runner.cleanup()
+            for w in router.workers:
+                await w.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
     return 0
 
 

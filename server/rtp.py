@@ -1,16 +1,28 @@
 """Sidecar mode for conferencing bridges: plain Opus RTP in, cleaned Opus RTP out.
 
-    POST   /v1/rtp-sessions       JSON {host, port[, payload_type, ssrc, mode, enabled,
-                                  attenuation_limit_db]} -> 201 {id, port, ...}: the bridge
-                                  sends the participant's Opus RTP to that local UDP port;
-                                  cleaned Opus RTP goes to host:port
-    GET    /v1/rtp-sessions/{id}  stream JSON (the same record as /streams/{id})
-    DELETE /v1/rtp-sessions/{id}  end it (DELETE /streams/{id} works too)
+    POST   /v1/rtp-sessions       JSON {host, port[, source_host, payload_type, ssrc, mode,
+                                  enabled, attenuation_limit_db]} -> 201 {id, session,
+                                  port, ...}: the bridge sends the participant's Opus RTP
+                                  to that local UDP port; cleaned Opus RTP goes to host:port
+    GET    /v1/rtp-sessions/{key} stream JSON (the same record as /streams/{key})
+    DELETE /v1/rtp-sessions/{key} end it (DELETE /streams/{key} works too)
 
-An RTP session is an ordinary Session of the worker's SessionManager: it counts against
-max_streams (503 when full or draining), is listed under /streams, takes the same
-controls (POST /streams/{id}/control), feeds the same metrics, is closed by the idle
-and connect timeouts and by the SIGTERM drain. Auth is the app's bearer guard.
+An RTP session is an ordinary Session of the worker's SessionManager, admitted by the
+same path as WebRTC (`admit`/`register`: max_streams, pending limits, 503 when full or
+draining); it is pending until its first valid RTP packet, takes the same controls
+(POST /streams/{key}/control), feeds the same metrics, is closed by the idle and connect
+timeouts and by the SIGTERM drain. Auth is the app's bearer guard (the operator token);
+{key} is the session's capability (`session` in the 201 answer).
+
+Not an amplifier:
+- it sends only to `host` on the operator's allowlist (Config.rtp_allow; loopback when
+  none is set), never to multicast, broadcast or unspecified addresses;
+- it sends only after valid RTP has come from the expected source host (`source_host`,
+  default `host`: symmetric RTP); the first such packet latches the source port, and
+  packets from anywhere else are counted as foreign and dropped;
+- it never sends more packets than it has received: each sent packet spends one
+  received packet's credit, concealment uses only spare credit, and the output packet
+  duration follows the input's (20, 40 or 60 ms).
 
 Per session, on the event loop:
     UDP datagram -> RtpPacket -> Reorderer (sequence numbers: reorder within a small
@@ -19,7 +31,7 @@ Per session, on the event loop:
 Output RTP timestamps follow the input's (out = in + constant): a gap left by lost
 packets (up to CONCEAL_MAX_S) is filled with silence, so the output clock stays constant;
 a longer jump (a pause of the sender, DTX) is carried over as a jump with the marker bit.
-The sender's address is latched from the first packet; RTCP is ignored.
+RTCP is ignored.
 """
 
 from __future__ import annotations
@@ -27,11 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import random
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -47,22 +57,21 @@ from aiortc.rtp import RtpPacket, is_rtcp
 from prometheus_client import Counter
 
 from percepnet.constants import SAMPLE_RATE
-from percepnet.enhancer import Enhancer
 from server.aiortc_speedups import arrival_clock
 from server.batching import Runner
 from server.config import Config
-from server.httputil import read_text
+from server.httputil import client_address, parse_json, read_text
 from server.metrics import Metrics
 from server.reorder import Reorderer
 from server.session import (
     BadOffer,
-    Draining,
     EnhancerUnavailable,
     Mode,
     ServiceFull,
     Session,
     SessionManager,
     UnknownSession,
+    is_unicast,
     parse_control,
 )
 from server.track import (
@@ -81,7 +90,9 @@ PATH = "/v1/rtp-sessions"
 OPUS_CLOCK = 48_000
 """Opus RTP timestamps always count at 48 kHz (RFC 7587), whatever the audio bandwidth."""
 PACKET_SAMPLES = 960
-"""Output packetisation: 20 ms, the usual Opus frame for conferencing."""
+"""Output packetisation: 20 ms, the usual Opus frame for conferencing..."""
+LONG_PACKETS = (1920, 2880)
+"""...or the input's own 40 or 60 ms, so one packet in makes at most one packet out."""
 DEFAULT_PAYLOAD_TYPE = 111
 CONCEAL_MAX_S = 0.2
 """A timestamp gap up to this long is lost packets: filled with silence; longer: a jump."""
@@ -91,6 +102,47 @@ MAX_DATAGRAM = 1500
 
 class RtpSetupError(BadOffer):
     """A bad session request (400)."""
+
+
+class DestinationRefused(BadOffer):
+    """A destination off the allowlist, or not unicast (403)."""
+
+    status = 403
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_destination(host: str, networks: tuple[Network, ...]) -> None:
+    """Refuse (DestinationRefused) a destination that is not a unicast address inside one
+    of `networks`, or that is the broadcast address of one of them."""
+    address = _plain(ipaddress.ip_address(host))
+    if not is_unicast(address):
+        raise DestinationRefused(f"destination {address} is not a unicast address")
+    for network in networks:
+        if address.version != network.version or address not in network:
+            continue
+        if (
+            address.version == 4
+            and network.prefixlen <= 30
+            and address == network.broadcast_address
+        ):
+            raise DestinationRefused(f"destination {address} is the broadcast address of {network}")
+        return
+    raise DestinationRefused(f"destination {address} is not on the sidecar allowlist (--rtp-allow)")
+
+
+def same_host(a: str, b: str) -> bool:
+    try:
+        return bool(_plain(ipaddress.ip_address(a)) == _plain(ipaddress.ip_address(b)))
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -146,6 +198,8 @@ class RtpRequest:
 
     host: str
     port: int
+    source_host: str | None = None
+    """The host the participant's RTP comes from; None: `host` (symmetric RTP)."""
     payload_type: int | None = None
     """Input packets must carry it (others are dropped); output uses it. None: the input's."""
     ssrc: int | None = None
@@ -156,14 +210,15 @@ class RtpRequest:
 
 def parse_request(text: str) -> RtpRequest:
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RtpSetupError(f"body is not JSON: {exc.msg}") from exc
+        body = parse_json(text)
+    except ValueError as exc:
+        raise RtpSetupError(f"body: {exc}") from exc
     if not isinstance(body, dict):
         raise RtpSetupError("expected a JSON object")
     unknown = set(body) - {
         "host",
         "port",
+        "source_host",
         "payload_type",
         "ssrc",
         "mode",
@@ -178,6 +233,12 @@ def parse_request(text: str) -> RtpRequest:
     except ValueError as exc:
         raise RtpSetupError("host must be an IPv4 or IPv6 address") from exc
     assert isinstance(host, str)
+    source = body.get("source_host")
+    if source is not None:
+        try:
+            ipaddress.ip_address(source if isinstance(source, str) else "")
+        except ValueError as exc:
+            raise RtpSetupError("source_host must be an IPv4 or IPv6 address") from exc
 
     def integer(name: str, low: int, high: int, required: bool = False) -> int | None:
         value = body.get(name)
@@ -201,6 +262,7 @@ def parse_request(text: str) -> RtpRequest:
     return RtpRequest(
         host=host,
         port=port,
+        source_host=source,
         payload_type=integer("payload_type", 0, 127),
         ssrc=integer("ssrc", 0, 2**32 - 1),
         mode=mode,
@@ -224,9 +286,12 @@ class OpusDecoder:
 
 
 class OpusEncoder:
-    """Mono float at 48 kHz -> one Opus payload per PACKET_SAMPLES samples."""
+    """Mono float at 48 kHz -> one Opus payload per `packet_samples` samples."""
 
-    def __init__(self, bitrate: int) -> None:
+    def __init__(self, bitrate: int, packet_samples: int = PACKET_SAMPLES) -> None:
+        if packet_samples not in (PACKET_SAMPLES, *LONG_PACKETS):
+            raise ValueError(f"unsupported Opus packet of {packet_samples} samples")
+        self.packet_samples = packet_samples
         self.codec = av.CodecContext.create("libopus", "w")
         self.codec.sample_rate = SAMPLE_RATE
         self.codec.layout = "mono"
@@ -234,24 +299,26 @@ class OpusEncoder:
         self.codec.bit_rate = bitrate
         # libopus's default complexity (10): at this bit rate a lower one changes the
         # sound measurably (the noise floor in pauses by 2.5 dB at 5, tests/test_rtp.py)
-        self.codec.options = {"application": "voip", "frame_duration": "20"}
+        duration_ms = 1000 * packet_samples // SAMPLE_RATE
+        self.codec.options = {"application": "voip", "frame_duration": str(duration_ms)}
         self._pending = np.zeros(0)
         self._pts = 0
 
     def encode(self, x: FloatArray) -> list[bytes]:
+        size = self.packet_samples
         data = np.concatenate([self._pending, x]) if self._pending.size else x
-        n = len(data) // PACKET_SAMPLES
-        self._pending = data[n * PACKET_SAMPLES :].copy()
+        n = len(data) // size
+        self._pending = data[n * size :].copy()
         out: list[bytes] = []
         for i in range(n):
-            chunk = data[i * PACKET_SAMPLES : (i + 1) * PACKET_SAMPLES]
+            chunk = data[i * size : (i + 1) * size]
             pcm = np.clip(np.rint(chunk * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1)
             frame = av.AudioFrame.from_ndarray(
                 pcm.astype(np.int16).reshape(1, -1), format="s16", layout="mono"
             )
             frame.sample_rate = SAMPLE_RATE
             frame.pts = self._pts
-            self._pts += PACKET_SAMPLES
+            self._pts += size
             out.extend(bytes(p) for p in self.codec.encode(frame))
         return out
 
@@ -263,13 +330,17 @@ class RtpMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self.packets = Counter(
             "percepnet_rtp_packets",
-            "Sidecar RTP packets by outcome: received, sent, lost (concealed), late, "
-            "duplicate, invalid (not RTP/Opus or wrong payload type), foreign (other source)",
+            "Sidecar RTP packets by outcome: received, sent, lost, late, duplicate, "
+            "invalid (not RTP/Opus or wrong payload type), foreign (not from the expected "
+            "source), withheld (output past the packets received: not sent)",
             ["outcome"],
             registry=metrics.registry,
         )
-        for outcome in ("received", "sent", "lost", "late", "duplicate", "invalid", "foreign"):
+        for outcome in OUTCOMES:
             self.packets.labels(outcome)
+
+
+OUTCOMES = ("received", "sent", "lost", "late", "duplicate", "invalid", "foreign", "withheld")
 
 
 class RtpEndpoint(asyncio.DatagramProtocol):
@@ -299,19 +370,22 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.runner = runner
         self.on_first_packet = on_first_packet
         self.transport: asyncio.DatagramTransport | None = None
-        self.source: tuple[Any, ...] | None = None
+        self.expected_host = request.source_host or request.host
+        self.source: tuple[Any, ...] | None = None  # latched (host, port, ...)
         self.in_payload_type = request.payload_type
         self.out_ssrc = request.ssrc if request.ssrc is not None else random.getrandbits(32)
         self.reorderer = Reorderer(settings.reorder_packets)
         self.queue: asyncio.Queue[tuple[float, RtpPacket]] = asyncio.Queue()  # (due at, packet)
         self.decoder = OpusDecoder()
-        self.encoder = OpusEncoder(settings.bitrate)
+        self.encoder: OpusEncoder | None = None  # made for the first packet's duration
         self.next_in_ts: int | None = None  # input timestamp the next packet should carry
         self.ts_offset = 0  # output timestamp = input timestamp + ts_offset (mod 2**32)
         self.out_ts: int | None = None
         self.out_seq = random.getrandbits(16)
         self.marker = True  # first packet of a talk spurt
-        self.counts = {"received": 0, "sent": 0, "concealed_samples": 0}
+        self.packets_in = 0  # packets handled (after the reorderer): the send credit
+        self.counts = {name: 0 for name in OUTCOMES}
+        self.counts["concealed_samples"] = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.connectionState = "new"
@@ -324,7 +398,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self.connectionState == "closed":
             return
-        if self.source is not None and addr != self.source:
+        if self.source is not None:
+            if addr != self.source:
+                self._count("foreign")
+                return
+        elif not same_host(str(addr[0]), self.expected_host):
             self._count("foreign")
             return
         if len(data) < 12 or data[0] >> 6 != RTP_VERSION or is_rtcp(data):
@@ -341,7 +419,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if packet.payload_type != self.in_payload_type or not packet.payload:
             self._count("invalid")
             return
-        if self.source is None:  # latch on the first valid packet (symmetric RTP)
+        if self.source is None:  # latch on the first valid packet from the expected host
             self.source = addr
         self._count("received")
         if self.connectionState == "new":
@@ -387,6 +465,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     async def _handle(self, packet: RtpPacket, queued_at: float) -> None:
         cpu = time.thread_time()
+        self.packets_in += 1  # the credit: each packet handled allows one packet out
         conceal = self._timeline(packet)
         try:
             x = self.decoder.decode(packet.payload)
@@ -397,9 +476,19 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self.stats.cpu_seconds += time.thread_time() - cpu
             return
         self.next_in_ts = (packet.timestamp + len(x)) & 0xFFFFFFFF
+        if self.encoder is None:
+            size = len(x) if len(x) in LONG_PACKETS else PACKET_SAMPLES
+            self.encoder = OpusEncoder(self.settings.bitrate, size)
         if conceal:
-            x = np.concatenate([np.zeros(conceal), x])
-            self.counts["concealed_samples"] += conceal
+            # Only what spare credit can send (one packet in, at most one out; with
+            # 20 ms in and out there is none): the rest of the gap stays a gap in the
+            # output clock, for the receiver's own loss concealment.
+            spare = self.packets_in - self.counts["sent"] - 1
+            filled = min(conceal, max(0, spare) * self.encoder.packet_samples)
+            self._jump(conceal - filled, marker=False)
+            if filled:
+                x = np.concatenate([np.zeros(filled), x])
+                self.counts["concealed_samples"] += filled
         # As in the WebRTC track, timed from when the packet was due (left the reorderer).
         backlog_s = self.queue.qsize() * PACKET_SAMPLES / SAMPLE_RATE
         late = self.deadline.check(self.stats, backlog_s, arrival_clock() - queued_at)
@@ -410,7 +499,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.stats.level_in_db = level_db(x)
         self.stats.level_out_db = level_db(y)
         for payload in self.encoder.encode(y):
-            self._send(payload)
+            self._send(payload, self.encoder.packet_samples)
         self.stats.cpu_seconds += time.thread_time() - cpu
 
     def _timeline(self, packet: RtpPacket) -> int:
@@ -426,14 +515,24 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             gap -= 0x100000000
         if 0 < gap <= CONCEAL_MAX_S * OPUS_CLOCK:
             return gap
-        if gap != 0:  # a pause or a restart: jump the output clock with the input's
-            self.ts_offset = (self.ts_offset - gap) & 0xFFFFFFFF
-            self.out_ts = (self.out_ts + gap) & 0xFFFFFFFF
-            self.marker = True
+        self._jump(gap)  # a pause or a restart: jump the output clock with the input's
         return 0
 
-    def _send(self, payload: bytes) -> None:
+    def _jump(self, gap: int, *, marker: bool = True) -> None:
+        """Move the output clock with the input's by `gap` samples; `marker`: a new talk
+        spurt (a pause or a restart of the sender), not a loss."""
+        if gap != 0 and self.out_ts is not None:
+            self.ts_offset = (self.ts_offset - gap) & 0xFFFFFFFF
+            self.out_ts = (self.out_ts + gap) & 0xFFFFFFFF
+            self.marker = self.marker or marker
+
+    def _send(self, payload: bytes, samples: int) -> None:
         assert self.out_ts is not None
+        if self.counts["sent"] >= self.packets_in:
+            # never more packets out than in: the slot is skipped, a gap in the clock
+            self._count("withheld")
+            self.out_ts = (self.out_ts + samples) & 0xFFFFFFFF
+            return
         packet = RtpPacket(
             payload_type=(
                 self.request.payload_type
@@ -448,7 +547,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         )
         self.marker = False
         self.out_seq = (self.out_seq + 1) & 0xFFFF
-        self.out_ts = (self.out_ts + PACKET_SAMPLES) & 0xFFFFFFFF
+        self.out_ts = (self.out_ts + samples) & 0xFFFFFFFF
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(packet.serialize(), self.destination)
             self._count("sent")
@@ -474,8 +573,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             "payload_type": self.in_payload_type,
             "ssrc": self.out_ssrc,
             "source": list(self.source[:2]) if self.source else None,
+            "expected_source_host": self.expected_host,
             "packets_received": self.counts["received"],
             "packets_sent": self.counts["sent"],
+            "packets_withheld": self.counts["withheld"],
+            "packets_foreign": self.counts["foreign"],
             "packets_lost": r.lost,
             "packets_late": r.late,
             "packets_duplicate": r.duplicate,
@@ -520,61 +622,50 @@ class RtpService:
     rtp_metrics: RtpMetrics
     endpoints: dict[str, RtpEndpoint] = field(default_factory=dict)
 
-    async def open(self, request: RtpRequest) -> tuple[Session, RtpEndpoint]:
+    async def open(self, request: RtpRequest, client: str) -> tuple[Session, RtpEndpoint]:
+        check_destination(request.host, self.config.rtp_networks)
         manager = self.manager
-        if manager.draining:
-            self.metrics.sessions.labels("rejected_draining").inc()
-            raise Draining("server is draining")
-        if not manager.ready:
-            self.metrics.sessions.labels("rejected_full").inc()
-            raise ServiceFull("no free stream slot")
-        sock = bind_socket(self.settings)
-        sid = f"{manager.worker_index}-{secrets.token_urlsafe(12)}"
-        enhancer: Enhancer | None = None
-        try:
-            enhancer = manager.enhancer_factory() if request.mode == "enhance" else None
-        except Exception as exc:
-            sock.close()
-            self.metrics.sessions.labels("failed").inc()
-            log.exception("enhancer factory failed")
-            raise EnhancerUnavailable(f"could not create an enhancer: {exc}") from exc
-        processor = StreamProcessor(enhancer, self.metrics, StreamStats())
-        session_box: list[Session] = []
+        async with manager.admit(client):
+            sock = bind_socket(self.settings)
+            try:
+                enhancer = manager.enhancer_factory() if request.mode == "enhance" else None
+            except Exception as exc:
+                sock.close()
+                self.metrics.sessions.labels("failed").inc()
+                log.exception("enhancer factory failed")
+                raise EnhancerUnavailable(f"could not create an enhancer: {exc}") from exc
+            processor = StreamProcessor(enhancer, self.metrics, StreamStats())
+            sid = manager.new_id()
+            session_box: list[Session] = []
 
-        def first_packet() -> None:
-            if session_box and session_box[0].connected_at is None:
-                session_box[0].connected_at = time.monotonic()
+            def first_packet() -> None:
+                if session_box and session_box[0].connected_at is None:
+                    session_box[0].connected_at = time.monotonic()
 
-        endpoint = RtpEndpoint(
-            sid,
-            request,
-            processor,
-            self.settings,
-            self.rtp_metrics,
-            deadline_s=self.config.frame_deadline_ms / 1e3,
-            runner=manager.runner,
-            on_first_packet=first_packet,
-        )
-        session = Session(
-            id=sid,
-            pc=cast(RTCPeerConnection, endpoint),  # duck-typed: connectionState, close()
-            mode=request.mode,
-            kind="rtp",
-            enhancer=enhancer,
-            stats=processor.stats,
-            processor=processor,
-        )
-        session_box.append(session)
-        session.apply(request.controls)
-        # Registered before the first await, so concurrent requests see the slot taken.
-        manager.sessions[sid] = session
-        manager._idle.clear()  # the manager's drain waits on this event
-        self.endpoints[sid] = endpoint
-        self.metrics.sessions.labels("accepted").inc()
-        self.metrics.active_streams.set(manager.active)
-        self.metrics.stream_started(sid)
-        if enhancer is not None:
-            self.metrics.added_latency.set(processor.latency_samples / SAMPLE_RATE)
+            endpoint = RtpEndpoint(
+                sid,
+                request,
+                processor,
+                self.settings,
+                self.rtp_metrics,
+                deadline_s=self.config.frame_deadline_ms / 1e3,
+                runner=manager.runner,
+                on_first_packet=first_packet,
+            )
+            session = Session(
+                id=sid,
+                pc=cast(RTCPeerConnection, endpoint),  # duck-typed: connectionState, close()
+                mode=request.mode,
+                kind="rtp",
+                enhancer=enhancer,
+                stats=processor.stats,
+                processor=processor,
+            )
+            session_box.append(session)
+            session.apply(request.controls)
+            # Registered before the first await, so concurrent requests see the slot taken.
+            manager.register(session, client)
+            self.endpoints[sid] = endpoint
         try:
             loop = asyncio.get_running_loop()
             await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
@@ -593,12 +684,11 @@ class RtpService:
         )
         return session, endpoint
 
-    def get(self, sid: str) -> tuple[Session, RtpEndpoint]:
-        session = self.manager.sessions.get(sid)
-        endpoint = self.endpoints.get(sid)
-        if session is None or endpoint is None:
-            self.endpoints.pop(sid, None)
-            raise UnknownSession(f"no RTP session {sid!r}")
+    def get(self, key: str) -> tuple[Session, RtpEndpoint]:
+        session = self.manager.get(key)  # 404 for an unknown id or a wrong secret
+        endpoint = self.endpoints.get(session.id)
+        if endpoint is None:
+            raise UnknownSession("no such RTP session")
         return session, endpoint
 
     def describe(self, session: Session, endpoint: RtpEndpoint) -> dict[str, Any]:
@@ -607,7 +697,8 @@ class RtpService:
             **endpoint.describe(),
             "host": self.settings.public_host,
             "port": endpoint.local_port,
-            "location": f"{PATH}/{session.id}",
+            "session": session.key,
+            "location": f"{PATH}/{session.key}",
         }
 
     def forget_closed(self) -> None:
@@ -628,8 +719,10 @@ async def create_session(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="expected Content-Type application/json")
     body = parse_request(await _read_body(request, service.config.max_body_bytes))
-    session, endpoint = await service.open(body)
-    location = f"{PATH}/{session.id}"
+    session, endpoint = await service.open(
+        body, client_address(request, service.config.forwarded_client)
+    )
+    location = f"{PATH}/{session.key}"
     return web.json_response(
         service.describe(session, endpoint), status=201, headers={"Location": location}
     )
@@ -643,10 +736,9 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     service = request.app[RTP_KEY]
-    sid = request.match_info["id"]
-    service.get(sid)
-    await service.manager.close(sid, "closed")
-    service.endpoints.pop(sid, None)
+    session, _ = service.get(request.match_info["id"])
+    await service.manager.close(session.id, "closed")
+    service.endpoints.pop(session.id, None)
     return web.Response(status=200)
 
 

@@ -1,20 +1,31 @@
 """Sessions: one peer connection, one enhancer, one data channel, and their lifetimes.
 
-The SessionManager owns every session of a worker, enforces capacity and draining,
-and runs one ticker task that pushes stats down the data channels, refreshes the
-per-stream metrics and closes sessions whose peer never connected or went silent.
+The SessionManager owns every session of a worker, admits new ones (WebRTC, WHIP and
+the RTP sidecar alike: `admit` then `register`), enforces capacity, pending-session
+limits and draining, and runs one ticker task that pushes stats down the data
+channels, refreshes the per-stream metrics and closes sessions whose peer never
+connected or went silent.
+
+Ownership: each session has a public id (`0-1a2b3c4d`: logs, /streams for the
+operator, metrics labels; it grants nothing) and a secret of SECRET_BYTES from the
+CSPRNG. The session's key, `<id>.<secret>`, is its capability: every URL that reads,
+controls or ends the session carries it (/whip/{key}, /streams/{key},
+/v1/rtp-sessions/{key}); only its creator is told it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +44,7 @@ from percepnet.enhancer import Enhancer
 from server import aiortc_speedups
 from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
+from server.httputil import parse_json
 from server.metrics import Metrics
 from server.track import EnhancedTrack, StreamProcessor, StreamStats
 
@@ -42,6 +54,18 @@ Mode = Literal["enhance", "passthrough"]
 MAX_ATTENUATION_DB = 100.0
 MAX_CONTROL_BYTES = 4096
 CPU_WINDOW_S = 1.0
+SECRET_BYTES = 24
+"""Session secrets: 192 bits from secrets (the OS CSPRNG), URL-safe base64."""
+MAX_CANDIDATES_PER_SESSION = 16
+"""Remote ICE candidates one session may name (offer and trickle together): each one is
+an address the server sends STUN checks to."""
+MAX_CANDIDATES_PER_PATCH = 8
+PENDING_GRACE_S = 1.0
+"""A full worker closes a not-yet-connected session to admit a new one only once it has
+had this long to connect (ICE and DTLS take well under a second on most paths)."""
+PATCH_BURST = 5
+PATCH_PER_S = 1.0
+"""Trickle PATCHes per session: a burst of PATCH_BURST, then PATCH_PER_S (token bucket)."""
 
 
 class SessionError(Exception):
@@ -74,6 +98,16 @@ class IceRestartUnsupported(SessionError):
     status = 422
 
 
+class TooManyPending(SessionError):
+    """This client already has max_pending_per_client sessions that are not connected."""
+
+    status = 429
+
+
+class TooManyRequests(SessionError):
+    status = 429
+
+
 @dataclass
 class Controls:
     """Per-stream runtime settings; the enhancer reads them on its next frame."""
@@ -89,12 +123,10 @@ def parse_control(message: object) -> dict[str, Any]:
     `attenuation_limit_db` (number in [0, 100] dB, or null for no limit). Raises
     ValueError for anything else, so garbage can be counted and ignored.
     """
-    if isinstance(message, (bytes, bytearray)):
-        message = bytes(message).decode("utf-8")
-    if isinstance(message, str):
+    if isinstance(message, (bytes, bytearray, str)):
         if len(message) > MAX_CONTROL_BYTES:
             raise ValueError("control message too long")
-        message = json.loads(message)
+        message = parse_json(message)  # ValueError for bad UTF-8, depth, numbers
     if not isinstance(message, dict):
         raise ValueError("control message must be a JSON object")
     if message.get("type", "control") != "control":
@@ -120,11 +152,13 @@ def parse_control(message: object) -> dict[str, Any]:
 
 @dataclass
 class Session:
-    id: str
+    id: str  # public: logs, /streams, metrics labels; grants nothing
     pc: RTCPeerConnection
     mode: Mode
-    kind: str  # "offer" or "whip"
+    kind: str  # "offer", "whip" or "rtp"
     enhancer: Enhancer | None
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
+    client: str = ""  # address admitted from (per-client pending limits)
     stats: StreamStats = field(default_factory=StreamStats)
     controls: Controls = field(default_factory=Controls)
     track: EnhancedTrack | None = None
@@ -140,6 +174,18 @@ class Session:
     cpu_percent: float = 0.0
     receiver: RTCRtpReceiver | None = None
     packet_counts: dict[str, int] = field(default_factory=dict)  # reported to metrics so far
+    candidates: int = 0  # remote ICE candidates named so far (offer + PATCHes)
+    patch_tokens: float = PATCH_BURST
+    patch_refill: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> str:
+        """The capability: `<public id>.<secret>`, in every URL of this session."""
+        return f"{self.id}.{self.secret}"
+
+    @property
+    def pending(self) -> bool:
+        return self.connected_at is None and not self.closed
 
     def receive_counts(self) -> dict[str, int] | None:
         """Audio packets lost / late / duplicate at this stream's receive buffer (None: not
@@ -200,6 +246,60 @@ def _ice_ufrag(sdp: str) -> str | None:
     return None
 
 
+def _candidate_lines(sdp: str) -> list[str]:
+    return [
+        line.strip()[len("a=candidate:") :]
+        for line in sdp.splitlines()
+        if line.strip().startswith("a=candidate:")
+    ]
+
+
+def check_candidate(value: str) -> Any:
+    """Parse one candidate (the text after `a=candidate:`); BadOffer unless it names a
+    unicast IP address (or an mDNS `.local` name) and a port in 1-65535."""
+    try:
+        candidate = candidate_from_sdp(value)
+    except Exception as exc:  # aiortc raises IndexError/ValueError... for garbage
+        raise BadOffer("bad candidate line") from exc
+    if not isinstance(candidate.port, int) or not 1 <= candidate.port <= 65535:
+        raise BadOffer(f"candidate port out of range: {candidate.port}")
+    host = str(candidate.ip)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if len(labels) == 2 and labels[1] == "local" and 0 < len(labels[0]) <= 63:
+            return candidate  # a browser's mDNS-obfuscated host candidate
+        raise BadOffer("candidate address must be an IP address") from None
+    if not is_unicast(address):
+        raise BadOffer(f"candidate address is not unicast: {address}")
+    return candidate
+
+
+def is_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether one host can be sent to: not multicast, broadcast, unspecified or
+    reserved (IPv4-mapped IPv6 judged as the IPv4 address it maps)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:  # ::1 lies inside IPv6's reserved ::/8
+        return True
+    return not (address.is_multicast or address.is_unspecified or address.is_reserved)
+
+
+def client_key(address: str) -> str:
+    """The unit per-client limits count by: an IPv4 address, or an IPv6 /64 (one host
+    is handed a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def make_runner(config: Config, metrics: Metrics) -> Runner:
     """The worker's packet runner for config.offload (server/batching.py)."""
     if config.offload == "thread":
@@ -223,11 +323,11 @@ class SessionManager:
         self.metrics = metrics
         self.worker_index = worker_index
         self.capacity = config.max_streams
-        self.sessions: dict[str, Session] = {}
-        self._reserved = 0  # offers being negotiated: they hold a slot already
+        self.sessions: dict[str, Session] = {}  # by public id
+        self._negotiating: Counter[str] = Counter()  # admitted, not registered, by client
         self.draining = False
         self._ticker: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[bool]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()  # set whenever no session is left (drain waits on it)
         self._idle.set()
         self.runner = make_runner(config, metrics)
@@ -268,27 +368,110 @@ class SessionManager:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and self.active + self._reserved < self.capacity
+        """Whether a new session would be taken (a pending one may be evicted for it)."""
+        if self.draining:
+            return False
+        held = self.active + sum(self._negotiating.values())
+        return held < self.capacity or bool(self._evictable(self.sessions.values(), True))
 
-    # -- signalling ----------------------------------------------------------------
-    async def create(self, sdp: str, sdp_type: str, *, mode: Mode, kind: str) -> Session:
-        """Negotiate a new session from an SDP offer; returns it with its answer set."""
+    # -- admission: the one path for WebRTC, WHIP and RTP --------------------------
+    @contextlib.asynccontextmanager
+    async def admit(self, client: str) -> AsyncIterator[None]:
+        """Hold a slot for a session being set up by `client` (an address); `register`
+        the session inside. Refuses with Draining (503), TooManyPending (429: the client
+        has max_pending_per_client sessions connecting) or ServiceFull (503: full of
+        connected streams). When the pending budget is spent, or every slot is taken
+        while some are held by sessions that have not connected in PENDING_GRACE_S, the
+        oldest of those of the client holding the most is closed to make room: sessions
+        that never connect cannot lock others out."""
+        client = client_key(client)
         if self.draining:
             self.metrics.sessions.labels("rejected_draining").inc()
             raise Draining("server is draining")
-        if self.active + self._reserved >= self.capacity:
+        pending = [s for s in self.sessions.values() if s.pending]
+        mine = self._negotiating[client] + sum(1 for s in pending if s.client == client)
+        if mine >= self.config.max_pending_per_client:
+            self.metrics.sessions.labels("rejected_pending").inc()
+            raise TooManyPending(
+                f"{mine} sessions of this client are still connecting; connect or end them"
+            )
+        negotiating = sum(self._negotiating.values())
+        budget_spent = negotiating + len(pending) >= self.config.max_pending
+        full = self.active + negotiating >= self.capacity
+        if (budget_spent or full) and not self._evict_pending(self._evictable(pending, grace=full)):
             self.metrics.sessions.labels("rejected_full").inc()
             raise ServiceFull("no free stream slot")
+        self._negotiating[client] += 1
+        try:
+            yield
+        finally:
+            self._negotiating[client] -= 1
+            if self._negotiating[client] <= 0:
+                del self._negotiating[client]
+
+    @staticmethod
+    def _evictable(sessions: Any, grace: bool) -> list[Session]:
+        now = time.monotonic()
+        return [
+            s for s in sessions if s.pending and (not grace or now - s.created >= PENDING_GRACE_S)
+        ]
+
+    def _evict_pending(self, pending: list[Session]) -> bool:
+        """Close the oldest not-yet-connected session of the client with the most."""
+        if not pending:
+            return False
+        per_client = Counter(s.client for s in pending)
+        worst = max(per_client, key=lambda c: per_client[c])
+        victim = min((s for s in pending if s.client == worst), key=lambda s: s.created)
+        log.info(
+            "session %s evicted: still not connected after %.1f s",
+            victim.id,
+            time.monotonic() - victim.created,
+        )
+        self._forget(victim, "evicted_pending")
+        self._finish_soon(victim, "evicted_pending")
+        return True
+
+    def new_id(self) -> str:
+        """A fresh public id (not secret: the session's secret is separate)."""
+        while True:
+            sid = f"{self.worker_index}-{secrets.token_hex(4)}"
+            if sid not in self.sessions:
+                return sid
+
+    def register(self, session: Session, client: str) -> None:
+        """Make an admitted session live (call inside `admit`, before any await that
+        could let another request in)."""
+        session.client = client_key(client)
+        self.sessions[session.id] = session
+        self._idle.clear()
+        self.metrics.sessions.labels("accepted").inc()
+        self.metrics.active_streams.set(self.active)
+        self.metrics.stream_started(session.id)
+        if session.processor is not None and session.enhancer is not None:
+            self.metrics.added_latency.set(session.processor.added_latency_s)
+
+    # -- signalling ----------------------------------------------------------------
+    async def create(
+        self, sdp: str, sdp_type: str, *, mode: Mode, kind: str, client: str = ""
+    ) -> Session:
+        """Negotiate a new session from an SDP offer; returns it with its answer set."""
         if sdp_type != "offer":
             raise BadOffer(f"expected an SDP offer, got type {sdp_type!r}")
-        self._reserved += 1
-        try:
-            return await self._negotiate(sdp, mode=mode, kind=kind)
-        finally:
-            self._reserved -= 1
+        lines = _candidate_lines(sdp)
+        if len(lines) > MAX_CANDIDATES_PER_SESSION:
+            raise BadOffer(f"more than {MAX_CANDIDATES_PER_SESSION} ICE candidates")
+        for line in lines:
+            check_candidate(line)
+        async with self.admit(client):
+            session = await self._negotiate(sdp, mode=mode, kind=kind)
+            session.candidates = len(lines)
+            self.register(session, client)
+        log.info("session %s (%s, %s) started; %d active", session.id, kind, mode, self.active)
+        return session
 
     async def _negotiate(self, sdp: str, *, mode: Mode, kind: str) -> Session:
-        sid = f"{self.worker_index}-{secrets.token_urlsafe(12)}"
+        sid = self.new_id()
         try:
             enhancer = self.enhancer_factory() if mode == "enhance" else None
         except Exception as exc:
@@ -333,14 +516,6 @@ class SessionManager:
             raise BadOffer(f"could not negotiate: {exc}") from exc
         session.ice_ufrag = _ice_ufrag(sdp)
         session.apply({})
-        self.sessions[sid] = session
-        self._idle.clear()
-        self.metrics.sessions.labels("accepted").inc()
-        self.metrics.active_streams.set(self.active)
-        self.metrics.stream_started(sid)
-        if session.processor is not None:
-            self.metrics.added_latency.set(session.processor.added_latency_s)
-        log.info("session %s (%s, %s) started; %d active", sid, kind, mode, self.active)
         return session
 
     def _wire(self, session: Session) -> None:
@@ -361,7 +536,7 @@ class SessionManager:
 
             @channel.on("message")
             def on_message(message: object) -> None:
-                self._on_channel_message(session.id, message)
+                self._on_channel_message(session, message)
 
     def _close_soon(self, sid: str, outcome: str) -> None:
         if sid in self.sessions:
@@ -369,86 +544,145 @@ class SessionManager:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    async def close(self, sid: str, outcome: str = "closed") -> bool:
-        """End a session and free everything it holds; False if it was not there."""
-        session = self.sessions.pop(sid, None)
-        if session is None or session.closed:
+    def _forget(self, session: Session, outcome: str) -> bool:
+        """The synchronous half of closing: the slot is free when this returns."""
+        if self.sessions.get(session.id) is not session or session.closed:
             return False
+        del self.sessions[session.id]
         session.closed = True
         self.metrics.sessions.labels(outcome).inc()
         self.metrics.active_streams.set(self.active)
-        self.metrics.stream_ended(sid)
+        self.metrics.stream_ended(session.id)
         if not self.sessions:
             self._idle.set()
         if session.track is not None:
             session.track.stop()
+        return True
+
+    async def _finish(self, session: Session, outcome: str) -> None:
         try:
             await session.pc.close()
         except Exception:
-            log.exception("closing peer connection of %s", sid)
-        log.info("session %s ended (%s); %d active", sid, outcome, self.active)
+            log.exception("closing peer connection of %s", session.id)
+        log.info("session %s ended (%s); %d active", session.id, outcome, self.active)
+
+    def _finish_soon(self, session: Session, outcome: str) -> None:
+        task = asyncio.create_task(self._finish(session, outcome))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, sid: str, outcome: str = "closed") -> bool:
+        """End a session (by public id) and free everything it holds; False if it was
+        not there."""
+        session = self.sessions.get(sid)
+        if session is None or not self._forget(session, outcome):
+            return False
+        await self._finish(session, outcome)
         return True
 
-    def get(self, sid: str) -> Session:
+    def get(self, key: str) -> Session:
+        """The session whose capability key (`<id>.<secret>`) this is; UnknownSession
+        (404) for an unknown id and a wrong secret alike. The secret is compared in
+        constant time."""
+        sid, _, secret = key.partition(".")
         session = self.sessions.get(sid)
-        if session is None:
-            raise UnknownSession(f"no session {sid!r}")
+        given = secret.encode("utf-8", "surrogateescape")
+        if session is None or not hmac.compare_digest(given, session.secret.encode()):
+            raise UnknownSession("no such session")
         return session
 
-    async def add_candidates(self, sid: str, fragment: str) -> None:
-        """Trickle ICE (WHIP PATCH): add remote candidates; an ICE restart is refused."""
-        session = self.get(sid)
+    async def add_candidates(self, key: str, fragment: str) -> None:
+        """Trickle ICE (WHIP PATCH): add remote candidates; an ICE restart is refused.
+
+        Bounded: MAX_CANDIDATES_PER_PATCH per request, MAX_CANDIDATES_PER_SESSION in
+        all, PATCH_BURST/PATCH_PER_S requests; every candidate is checked before any
+        is added, so a refused PATCH adds none."""
+        session = self.get(key)
+        now = time.monotonic()
+        session.patch_tokens = min(
+            PATCH_BURST, session.patch_tokens + (now - session.patch_refill) * PATCH_PER_S
+        )
+        session.patch_refill = now
+        if session.patch_tokens < 1.0:
+            self.metrics.rejected_requests.labels("rate").inc()
+            raise TooManyRequests("too many PATCH requests for this session")
+        session.patch_tokens -= 1.0
         ufrag = _ice_ufrag(fragment)
         if ufrag is not None and session.ice_ufrag is not None and ufrag != session.ice_ufrag:
             raise IceRestartUnsupported("ICE restart is not supported")
         mid = None
+        found: list[Any] = []
         for line in fragment.splitlines():
             line = line.strip()
             if line.startswith("a=mid:"):
                 mid = line.split(":", 1)[1]
             elif line.startswith("a=candidate:"):
+                if len(found) >= MAX_CANDIDATES_PER_PATCH:
+                    self.metrics.rejected_requests.labels("candidates").inc()
+                    raise BadOffer(f"more than {MAX_CANDIDATES_PER_PATCH} candidates in a PATCH")
                 try:
-                    candidate = candidate_from_sdp(line[len("a=") :].split(":", 1)[1])
-                except Exception as exc:
-                    raise BadOffer(f"bad candidate line: {line!r}") from exc
+                    candidate = check_candidate(line[len("a=candidate:") :])
+                except BadOffer:
+                    self.metrics.rejected_requests.labels("candidates").inc()
+                    raise
                 candidate.sdpMid = mid
                 candidate.sdpMLineIndex = 0
-                await session.pc.addIceCandidate(candidate)
+                found.append(candidate)
+        if session.candidates + len(found) > MAX_CANDIDATES_PER_SESSION:
+            self.metrics.rejected_requests.labels("candidates").inc()
+            raise BadOffer(f"more than {MAX_CANDIDATES_PER_SESSION} candidates for a session")
+        session.candidates += len(found)
+        for candidate in found:
+            await session.pc.addIceCandidate(candidate)
 
     # -- controls and stats --------------------------------------------------------
-    def control(self, sid: str, message: object) -> dict[str, Any]:
-        """Apply a control message (data channel or HTTP); ValueError on garbage (counted)."""
-        session = self.get(sid)
+    def control(self, key: str, message: object) -> dict[str, Any]:
+        """Apply a control message (HTTP) to the session with this capability key;
+        ValueError on garbage (counted)."""
+        return self._apply_control(self.get(key), message)
+
+    def _apply_control(self, session: Session, message: object) -> dict[str, Any]:
         try:
             settings = parse_control(message)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             self.metrics.control_messages.labels("ignored").inc()
             raise ValueError(str(exc)) from exc
         session.apply(settings)
         self.metrics.control_messages.labels("applied").inc()
         return session.snapshot()
 
-    def _on_channel_message(self, sid: str, message: object) -> None:
+    def _on_channel_message(self, session: Session, message: object) -> None:
+        """A data-channel message: applied, or ignored and counted. Nothing may escape
+        to aiortc (its event emitter would end the connection)."""
+        if session.closed:
+            return
         try:
-            self.control(sid, message)
-        except (ValueError, UnknownSession) as exc:
-            log.debug("ignored data-channel message for %s: %s", sid, exc)
+            self._apply_control(session, message)
+        except ValueError as exc:
+            log.debug("ignored data-channel message for %s: %s", session.id, exc)
+        except Exception:
+            self.metrics.control_messages.labels("ignored").inc()
+            log.exception("data-channel message for %s", session.id)
 
     async def _tick(self) -> None:
         interval = self.config.stats_interval_s
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            latencies = []
-            for session in list(self.sessions.values()):
-                try:
-                    self._tick_session(session, now)
-                    if session.processor is not None and session.enhancer is not None:
-                        latencies.append(session.processor.added_latency_s)
-                except Exception:
-                    log.exception("stats for %s", session.id)
-            if latencies:
-                self.metrics.added_latency.set(max(latencies))
+            self._tick_all(time.monotonic())
+
+    def _tick_all(self, now: float) -> None:
+        # (a function of its own, so that no loop variable of the long-lived ticker keeps
+        # the last session, closed or not, alive between ticks: bench/soak.py abandoned)
+        latencies = []
+        for session in list(self.sessions.values()):
+            try:
+                self._tick_session(session, now)
+                if session.processor is not None and session.enhancer is not None:
+                    latencies.append(session.processor.added_latency_s)
+            except Exception:
+                log.exception("stats for %s", session.id)
+        if latencies:
+            self.metrics.added_latency.set(max(latencies))
 
     def _tick_session(self, session: Session, now: float) -> None:
         s = session.stats
@@ -458,7 +692,7 @@ class SessionManager:
         if session.connected_at is None:
             if now - session.created > self.config.connect_timeout_s:
                 log.info("session %s never connected", session.id)
-                self._close_soon(session.id, "closed")
+                self._close_soon(session.id, "timed_out")
                 return
         elif now - max(session.last_packet_time, session.connected_at) > (
             self.config.idle_timeout_s

@@ -62,21 +62,25 @@ def fixed_gain_enhancer() -> Enhancer:
 
 
 class Served:
-    def __init__(self, server: TestServer, app: web.Application) -> None:
+    def __init__(self, server: TestServer, app: web.Application, token: str | None) -> None:
         self.server = server
         self.app = app
         self.url = str(server.make_url("")).rstrip("/")
+        # the operator token, sent unless a request names its own headers
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
     def manager(self) -> Any:
         return self.app[MANAGER_KEY]
 
     async def get(self, path: str, **kw: Any) -> tuple[int, Any, dict[str, str]]:
+        kw.setdefault("headers", self.auth)
         async with aiohttp.ClientSession() as s, s.get(self.url + path, **kw) as r:
             body = await (r.json() if r.content_type == "application/json" else r.text())
             return r.status, body, dict(r.headers)
 
     async def request(self, method: str, path: str, **kw: Any) -> tuple[int, str, dict[str, str]]:
+        kw.setdefault("headers", self.auth)
         async with aiohttp.ClientSession() as s, s.request(method, self.url + path, **kw) as r:
             return r.status, await r.text(), dict(r.headers)
 
@@ -115,7 +119,7 @@ async def serve(
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield Served(server, app)
+        yield Served(server, app, config.auth_token)
     finally:
         await server.close()
 
@@ -184,7 +188,10 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         async with asyncio.timeout(20):
             await enhanced.wait_received(len(CLIP) / SAMPLE_RATE + 0.3)
             await baseline.wait_received(len(CLIP) / SAMPLE_RATE + 0.3)
-        status, streams, _ = await srv.get("/streams")
+        status, e, _ = await srv.get(f"/streams/{enhanced.session_id}")
+        assert status == 200 and srv.manager.active == 2
+        status, b, _ = await srv.get(f"/streams/{baseline.session_id}")
+        assert status == 200
         for peer in (enhanced, baseline):
             rec = peer.received
             # one constant format, pts stepping by one packet, real-time pacing
@@ -202,16 +209,13 @@ async def test_unity_path_reproduces_input_with_30ms_added_latency() -> None:
         r, s = aligned(out_e, CLIP, lag_e)
         assert abs(rms_db(r) - rms_db(s)) < 1.0
         assert_same_sound(r, s)
-        by_id = {x["id"]: x for x in streams["streams"]}
-        assert status == 200 and streams["active"] == 2
-        e = by_id[enhanced.session_id]
         # alone in its worker, it never waits for a batch: the algorithmic delay only
         assert e["added_latency_ms"] == pytest.approx(1e3 * LATENCY_SAMPLES / SAMPLE_RATE, abs=0.2)
         assert 0 <= e["batch_wait_ms"] < 0.2
         # two 10 ms enhancer frames per 20 ms packet, none passed through
         assert e["frames_processed"] >= 2 * (len(CLIP) // PACKET_SAMPLES)
         assert e["frames_bypassed"] == 0 and e["frames_failed"] == 0
-        assert by_id[baseline.session_id]["added_latency_ms"] == 0
+        assert b["added_latency_ms"] == 0
         await enhanced.close()
         await baseline.close()
         assert srv.manager.active == 0
@@ -301,9 +305,9 @@ async def test_streams_share_batches_and_each_gets_its_own_audio() -> None:
         in_window = srv.read_metric(text, "percepnet_batch_wait_seconds_bucket", le="0.02")
         assert waited == packets and in_window >= 0.95 * waited, (waited, in_window)
         # the wait is part of each stream's added latency, and someone did wait
-        _, streams, _ = await srv.get("/streams")
-        waits = [s["batch_wait_ms"] for s in streams["streams"]]
-        for s in streams["streams"]:
+        streams = [(await srv.get(f"/streams/{p.session_id}"))[1] for p in peers]
+        waits = [s["batch_wait_ms"] for s in streams]
+        for s in streams:
             assert s["added_latency_ms"] == pytest.approx(30.0 + s["batch_wait_ms"], abs=0.02)
         assert max(waits) > 1.0 and all(0 <= w <= 21 for w in waits), waits
         for i, (peer, clip) in enumerate(zip(peers, clips, strict=True)):
@@ -381,9 +385,10 @@ async def test_controls_over_data_channel_and_http_and_garbage_ignored() -> None
 
 
 async def test_metrics_move_and_per_stream_series_are_removed() -> None:
-    async with serve(stats_interval_s=0.05) as srv:
+    async with serve(stats_interval_s=0.05, auth_token="op") as srv:
         assert await srv.metric("percepnet_active_streams") == 0
-        peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP))
+        peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP), token="op")
+        public_id = srv.manager.get(peer.session_id).id
         async with asyncio.timeout(20):
             await peer.wait_received(1.0)
         await asyncio.sleep(0.2)
@@ -397,11 +402,11 @@ async def test_metrics_move_and_per_stream_series_are_removed() -> None:
         assert await srv.metric("percepnet_event_loop_lag_seconds_count") > 0
         assert await srv.metric("percepnet_added_latency_seconds") == pytest.approx(0.03, abs=2e-4)
         assert await srv.metric("percepnet_gc_pause_seconds_count", generation="0") > 0
-        assert await srv.metric("percepnet_stream_cpu_seconds", stream=peer.session_id) > 0
+        assert await srv.metric("percepnet_stream_cpu_seconds", stream=public_id) > 0
         await peer.close()
         assert await srv.metric("percepnet_active_streams") == 0
         with pytest.raises(KeyError):
-            await srv.metric("percepnet_stream_cpu_seconds", stream=peer.session_id)
+            await srv.metric("percepnet_stream_cpu_seconds", stream=public_id)
         assert await srv.metric("percepnet_sessions_total", outcome="closed") == 1
 
 

@@ -39,7 +39,14 @@ from server.aiortc_speedups import (
 from server.app import create_app
 from server.client import ClientPeer, ClipTrack, SignallingError
 from server.clips import speech_like
-from server.config import Config, ConfigError, IceServer, load_config, parse_ice_server
+from server.config import (
+    STREAMS_PER_CORE,
+    Config,
+    ConfigError,
+    IceServer,
+    load_config,
+    parse_ice_server,
+)
 from server.metrics import Metrics
 from server.reorder import ReorderStats
 from server.router import _MergedCollector, merge_metrics
@@ -69,6 +76,8 @@ def test_flags_override_environment_override_defaults() -> None:
         IceServer("turn:turn.local:3478", "u", "p"),
     )
     assert load_config([], {}).ice_servers == ()  # no public STUN by default
+    default = load_config([], {})  # capacity: the measured streams per core, per worker
+    assert default.max_streams == STREAMS_PER_CORE * default.workers
     assert load_config(["--unity-gains"], {}).unity_gains is True
     assert load_config([], {"PERCEPNET_UNITY_GAINS": "false"}).unity_gains is False
     batch = load_config(["--offload", "inline"], {"PERCEPNET_BATCH_WINDOW_MS": "2.5"})
@@ -95,6 +104,11 @@ def test_flags_override_environment_override_defaults() -> None:
         (["--opus-complexity", "11"], {}),
         ([], {"PERCEPNET_OPUS_COMPLEXITY": "-1"}),
         ([], {"PERCEPNET_INLINE_CODECS": "sometimes"}),
+        (["--max-pending", "0"], {}),
+        ([], {"PERCEPNET_MAX_PENDING_PER_CLIENT": "0"}),
+        (["--connect-timeout", "0"], {}),
+        (["--rtp-allow", "239.0.0.0/8"], {}),
+        ([], {"PERCEPNET_RTP_ALLOW": "10.0.0.0/33"}),
     ],
 )
 def test_bad_settings_raise_config_error(argv: list[str], env: dict[str, str]) -> None:
@@ -421,3 +435,158 @@ def test_per_stream_series_are_capped_and_removed() -> None:
     m.stream_ended("a")
     assert 'stream="a"' not in generate_latest(m.registry).decode()
     assert m.stream_started("c")  # a slot came free
+
+
+# -- start-up failures leave nothing behind ---------------------------------------------
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+@needs_proc
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_port_in_use_fails_fast_with_one_line_and_no_process_left(workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
+            *["--unity-gains", "--workers", workers],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: every worker would be in it
+        )
+        try:
+            async with asyncio.timeout(20):
+                out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        took = loop.time() - started
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert lines == [f"percepnet-server: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert out == b""
+    assert took < 10.0, took
+    assert group_members(proc.pid) == []
+
+
+@needs_proc
+async def test_sigterm_while_workers_start_leaves_no_worker() -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
+        *["--unity-gains", "--workers", "2", "--log-level", "WARNING"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(30):  # until the router has spawned its workers
+            for _ in range(1500):
+                if len(group_members(proc.pid)) >= 3 or proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.02)
+        assert proc.returncode is None
+        code = await stop_server(proc, within_s=20)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert code == 0
+    await asyncio.sleep(0.2)
+    assert group_members(proc.pid) == []
+
+
+# -- the aiortc hooks' contract ------------------------------------------------------------
+def test_installed_aiortc_is_one_the_hooks_fit_and_pyproject_pins_it() -> None:
+    import tomllib
+
+    import aiortc
+    from packaging.requirements import Requirement
+
+    from server import aiortc_speedups as hooks
+
+    assert aiortc.__version__ in hooks.TESTED_AIORTC, aiortc.__version__
+    assert hooks.contract_problems() == [] and hooks._source_fits() == []
+    install()
+    assert hooks.inline_codecs_installed() and hooks.relay_buffer_installed()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (spec,) = [Requirement(r) for r in extras["server"] if Requirement(r).name == "aiortc"]
+    assert all(spec.specifier.contains(v) for v in hooks.TESTED_AIORTC)
+    # an upper bound: the next minor release is not allowed until it has been tested
+    assert not spec.specifier.contains("1.17.0") and not spec.specifier.contains("2.0")
+
+
+def _decoder_worker_of_1_15(loop: Any, input_q: Any, output_q: Any) -> None:
+    """aiortc 1.15.0's decoder thread takes no decode_error event."""
+
+
+@pytest.mark.parametrize("case", ["version", "signature", "missing"])
+def test_contract_finds_an_aiortc_the_hooks_do_not_fit(case: str) -> None:
+    from server import aiortc_speedups as hooks
+
+    version = "1.15.0" if case == "version" else hooks.TESTED_AIORTC[0]
+    signatures = dict(hooks.HOOKED_SIGNATURES)
+    name = "rtcrtpreceiver.decoder_worker"
+    if case == "signature":
+        signatures[name] = (_decoder_worker_of_1_15, signatures[name][1])
+    if case == "missing":
+        signatures[name] = (None, signatures[name][1])
+    problems = hooks.contract_problems(version, signatures)
+    assert len(problems) == 1, problems
+    assert ("1.15.0" if case == "version" else name) in problems[0]
+
+
+def test_hooks_are_not_installed_on_an_aiortc_they_do_not_fit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiortc
+    import aiortc.rtcrtpreceiver
+    import aiortc.rtcsctptransport
+
+    from server import aiortc_speedups as hooks
+
+    original = hooks._ORIGINAL
+    # this process as it was before any install(), but with aiortc 1.15.0
+    monkeypatch.setattr(hooks._RECEIVER, "__init__", original["receiver_init"])
+    monkeypatch.setattr(hooks._RECEIVER, "receive", original["receiver_receive"])
+    monkeypatch.setattr(hooks._SENDER, "__init__", original["sender_init"])
+    monkeypatch.setattr(hooks._SCTP, "_data_channel_receive", original["sctp_receive"])
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "decoder_worker", original["decoder_worker"])
+    monkeypatch.setattr(aiortc.rtp, "compute_audio_level_dbov", hooks._original)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", original["get_encoder"])
+    monkeypatch.setitem(hooks._state, "installed", False)
+    monkeypatch.setitem(hooks._state, "fits", False)
+    monkeypatch.setattr(aiortc, "__version__", "1.15.0")
+    monkeypatch.setitem(hooks._hooks, "inline_codecs", hooks._hooks["inline_codecs"])
+    monkeypatch.setitem(hooks._hooks, "relay_buffer", hooks._hooks["relay_buffer"])
+    monkeypatch.setattr(hooks, "_opus_complexity", hooks._opus_complexity)
+    assert hooks.install(inline_codecs=True, relay_buffer=True) is False
+    assert hooks._RECEIVER.__init__ is original["receiver_init"]
+    assert aiortc.rtcrtpreceiver.decoder_worker is original["decoder_worker"]
+    assert hooks._SCTP._data_channel_receive is original["sctp_receive"]
+    assert aiortc.rtp.compute_audio_level_dbov is hooks._original
+    assert not hooks.inline_codecs_installed() and not hooks.relay_buffer_installed()
+    assert "aiortc 1.15.0 is not a tested version" in caplog.text

@@ -100,7 +100,7 @@ async function join() {
     const answer = await resp.json();
     state.session = answer.session;
     state.location = answer.location;
-    $("session").textContent = answer.session;
+    $("session").textContent = answer.id || "–"; // public id: answer.session is the secret key
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     setupAudio();
     $("leave").disabled = false;

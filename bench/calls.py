@@ -12,9 +12,9 @@ What it builds (fixed and seeded; the same items every run):
   left out), or babble made of 4-6 other speakers of the split; families drawn
   uniformly.
 - SNR uniform 0-15 dB (15 % of items 15-25 dB); active speech level -35 to -15 dBFS.
-- A measured room impulse response of the split on half the items (the reference is
-  the dry speech aligned with the room's direct path, as in a loudspeaker re-recording
-  scored against its source).
+- A measured room impulse response of the split (rooms with RT60 <= 1 s) on half the
+  items (the reference is the dry speech aligned with the room's direct path, as in a
+  loudspeaker re-recording scored against its source).
 - Three input bandwidths, a third each: telephone (the whole mixture at 8 kHz),
   wideband (16 kHz) and fullband (48 kHz; fullband voices only).
 
@@ -96,8 +96,14 @@ FAMILIES: Sequence[tuple[str, tuple[str, ...]]] = (
 
 AMBIENCE_SOURCES = ("0ad_ambient", "redeclipse_ambience")
 SKIPPED_FAMILIES = ("music", "other")
-"""Not call-like: music, game effects, animal calls and unit voices stay out of the
-benchmark (they remain training noise)."""
+EFFECT_SOURCES = ("tuxpaint_fx", "hedgewars_sounds")
+MIN_NOISE_S = 4.0
+"""Not call-like, so left out of the benchmark (they remain training noise): music, game
+effects, single animal calls and unit voices; noise files shorter than MIN_NOISE_S
+(sound effects, not a background)."""
+MAX_RT60_S = 1.0
+"""Rooms of a call: measured responses of halls and churches (RT60 of 1.4-8 s) are left
+out."""
 
 
 def noise_family(entry: Entry) -> str:
@@ -173,7 +179,14 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
     speech = [e for e in entries if e.kind == "speech"]
     fullband = [e for e in speech if e.bandwidth_hz >= FULLBAND_MIN_HZ]
     wide = [e for e in speech if e.bandwidth_hz >= WIDEBAND_MIN_HZ]
-    noises = [e for e in entries if e.kind == "noise" and e.duration >= 2.0]
+    noises = [
+        e
+        for e in entries
+        if e.kind == "noise"
+        and e.duration >= MIN_NOISE_S
+        and e.source not in EFFECT_SOURCES
+        and "/commondata/" not in e.path
+    ]
     if not speech or not noises or not fullband:
         raise RuntimeError(f"split {split!r} lacks speech, fullband speech or noise")
     by_family: dict[str, list[Entry | None]] = {"babble": [None]}
@@ -182,7 +195,10 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
         if family not in SKIPPED_FAMILIES:
             by_family.setdefault(family, []).append(e)
     families = sorted(by_family)
-    rooms = RirBank.for_split(cfg, split, every)
+    bank = RirBank.for_split(cfg, split, every)
+    rooms = [i for i in range(len(bank)) if bank.rt60[i] <= MAX_RT60_S]
+    if not rooms:
+        raise RuntimeError(f"split {split!r} has no measured room with RT60 <= {MAX_RT60_S} s")
     rng = np.random.default_rng(SEEDS[split])
     items = []
     names = list(BANDWIDTHS)
@@ -196,7 +212,7 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
         noise_entry = candidates[int(rng.integers(len(candidates)))]
         room = bool(rng.random() < ROOM_SHARE)
         if room:
-            h, _ = rooms.pair(int(rng.integers(len(rooms))))
+            h, _ = bank.pair(rooms[int(rng.integers(len(rooms)))])
             peak = int(np.argmax(np.abs(h)))
             y_s = np.convolve(s, h)[: len(s)]
             # Reference: the dry speech where the direct path puts it, at its level.
@@ -277,26 +293,54 @@ def score_at(clean: FloatArray, est: FloatArray, rate: int) -> dict[str, float]:
     }
 
 
-def run(items: Sequence[Item], runs: dict[str, System], log: bool = True) -> list[dict[str, Any]]:
+def score_item(it: Item, runs: dict[str, System]) -> list[dict[str, Any]]:
+    """Every system on one item, through the 48 kHz path, scored at the item's rate."""
+    rows = []
+    y48 = resample(it.noisy, it.rate, SAMPLE_RATE)
+    x48 = resample(it.clean, it.rate, SAMPLE_RATE)
+    for name, system in runs.items():
+        out48 = system(y48, x48)
+        est = resample(np.asarray(out48, np.float64), SAMPLE_RATE, it.rate)
+        rows.append(
+            {
+                "system": name,
+                "id": it.id,
+                "bandwidth": it.bandwidth,
+                "family": it.family,
+                "snr_db": round(it.snr_db, 2),
+                "room": it.room,
+                **score_at(it.clean, est, it.rate),
+            }
+        )
+    return rows
+
+
+_WORKER_RUNS: dict[str, System] = {}
+
+
+def _worker_init(models: Sequence[Path], dfn: bool, oracle: bool) -> None:
+    _WORKER_RUNS.update(systems(models, dfn, oracle))
+
+
+def _worker_item(it: Item) -> list[dict[str, Any]]:
+    return score_item(it, _WORKER_RUNS)
+
+
+def run(
+    items: Sequence[Item],
+    models: Sequence[Path],
+    dfn: bool,
+    oracle: bool = True,
+    jobs: int = 1,
+    log: bool = True,
+) -> list[dict[str, Any]]:
+    """Score all items; `jobs` processes each hold their own systems (items in order)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
-    for i, it in enumerate(items):
-        y48 = resample(it.noisy, it.rate, SAMPLE_RATE)
-        x48 = resample(it.clean, it.rate, SAMPLE_RATE)
-        for name, system in runs.items():
-            out48 = system(y48, x48)
-            est = resample(np.asarray(out48, np.float64), SAMPLE_RATE, it.rate)
-            rows.append(
-                {
-                    "system": name,
-                    "id": it.id,
-                    "bandwidth": it.bandwidth,
-                    "family": it.family,
-                    "snr_db": round(it.snr_db, 2),
-                    "room": it.room,
-                    **score_at(it.clean, est, it.rate),
-                }
-            )
+
+    def note(i: int, it: Item) -> None:
         if log:
             print(
                 f"[{i + 1}/{len(items)}] {it.id} {it.bandwidth} {it.family} "
@@ -304,6 +348,17 @@ def run(items: Sequence[Item], runs: dict[str, System], log: bool = True) -> lis
                 file=sys.stderr,
                 flush=True,
             )
+
+    if jobs <= 1:
+        runs = systems(models, dfn, oracle)
+        for i, it in enumerate(items):
+            rows += score_item(it, runs)
+            note(i, it)
+        return rows
+    with ProcessPoolExecutor(jobs, initializer=_worker_init, initargs=(models, dfn, oracle)) as ex:
+        for i, (it, part) in enumerate(zip(items, ex.map(_worker_item, items), strict=True)):
+            rows += part
+            note(i, it)
     return rows
 
 
@@ -372,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="24 dev items, no DeepFilterNet3")
     p.add_argument("--data", default=None, help="shared data folder")
     p.add_argument("--cache", default=None, help="corpus cache (default: cache/)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--md", default=None, help="write the report as markdown here")
     args = p.parse_args(argv)
@@ -379,9 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.split, args.n, args.no_dfn = "dev", 24, True
     cfg = DataConfig.from_args(args.data, args.cache)
     items = build_items(args.split, args.n, cfg)
-    runs = systems([Path(m) for m in args.models], dfn=not args.no_dfn, oracle=not args.no_oracle)
+    models = [Path(m) for m in args.models]
     t0 = time.monotonic()
-    rows = run(items, runs)
+    rows = run(items, models, dfn=not args.no_dfn, oracle=not args.no_oracle, jobs=args.jobs)
     title = (
         f"Calls benchmark, {args.split} split, {len(items)} items ({time.monotonic() - t0:.0f} s)"
     )

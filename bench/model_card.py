@@ -1,8 +1,8 @@
-"""Write models/README.md (the model card) from the export manifest, the training log
-and a quality run's rows (bench/quality.py --out).
+"""Write models/README.md (the model card) from the export manifest, the training log,
+the corpus manifest and a calls-benchmark run's rows (bench/calls.py --out).
 
-    python bench/model_card.py --manifest models/percepnet.json --log runs/v1/log.jsonl \
-        --quality results/test.json [--notes notes.md]
+    python -m bench.model_card --manifest models/percepnet.json --log runs/v2/log.jsonl \
+        --calls results/calls_test.json [--notes models/card_notes.md]
 """
 
 from __future__ import annotations
@@ -12,7 +12,48 @@ import json
 import sys
 from pathlib import Path
 
-from percepnet.metrics import markdown_table, summarise
+from bench.calls import BANDWIDTHS, improvement_check, table
+from percepnet.data.corpus import SOURCE_LICENCES, DataConfig, load_manifest
+from percepnet.data.mix import MixConfig
+
+
+def data_table(cfg: DataConfig) -> list[str]:
+    """Accepted hours per source and split, with each source's licence."""
+    entries = [e for e in load_manifest(cfg.manifest) if e.status == "ok" and e.kind != "rir"]
+    lines = [
+        "| kind | source | licence | train h | dev h | test h |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    totals: dict[tuple[str, str], float] = {}
+    for kind, source in sorted({(e.kind, e.source) for e in entries}):
+        rows = [e for e in entries if e.kind == kind and e.source == source]
+        hours = []
+        for split in ("train", "dev", "test"):
+            h = sum(e.duration for e in rows if e.split == split) / 3600
+            totals[(kind, split)] = totals.get((kind, split), 0.0) + h
+            hours.append(f"{h:.2f}")
+        licence = SOURCE_LICENCES.get(source, "see the shared folder's README")
+        lines.append(f"| {kind} | {source} | {licence} | " + " | ".join(hours) + " |")
+    for kind in ("speech", "noise"):
+        cells = " | ".join(f"**{totals.get((kind, s), 0.0):.2f}**" for s in ("train", "dev", "test"))
+        lines.append(f"| {kind} | **all** | | {cells} |")
+    return lines
+
+
+def recipe_text(mix: MixConfig) -> str:
+    nb, wb = mix.channel_probs
+    return (
+        f"on-the-fly mixtures of {mix.segment_s:g} s: SNR uniform {mix.snr_db[0]:g}..{mix.snr_db[1]:g} "
+        f"dB ({mix.high_snr_prob:.0%} at {mix.high_snr_db[0]:g}..{mix.high_snr_db[1]:g} dB, "
+        f"{mix.noise_free_prob:.0%} noise-free), speech level {mix.level_dbfs[0]:g}..{mix.level_dbfs[1]:g} "
+        f"dBFS; speech and noise together through an 8 kHz channel in {nb:.0%} and a 16 kHz "
+        f"channel in {wb:.0%} of mixtures; speed perturbation x{mix.speed_range[0]:g}..x{mix.speed_range[1]:g} "
+        f"in {mix.speed_prob:.0%}; random biquads, independent low-passes, synthetic rooms on "
+        f"{mix.rir_prob:.0%} (target keeps 20 ms early reflections and a 200 ms RT60 tail), clipping "
+        f"in {mix.clip_prob:.0%}; noise: recorded files, coloured, babble, hum, clicks "
+        f"(weights {', '.join(f'{w:g}' for w in mix.noise_kind_weights)}). Loss masked above each "
+        "mixture's bandwidth."
+    )
 
 
 def state_text(man: dict) -> str:
@@ -34,14 +75,14 @@ def main() -> int:
     )
     parser.add_argument("--manifest", default="models/percepnet.json")
     parser.add_argument("--log", required=True)
-    parser.add_argument("--quality", required=True)
+    parser.add_argument("--calls", required=True, help="rows of bench/calls.py --out")
+    parser.add_argument("--title", default="Calls benchmark, test split")
     parser.add_argument("--notes", default=None, help="markdown appended verbatim")
     parser.add_argument("--out", default="models/README.md")
     args = parser.parse_args()
     man = json.loads(Path(args.manifest).read_text())
     log = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
-    rows = json.loads(Path(args.quality).read_text())
-    summary = summarise(rows)
+    rows = json.loads(Path(args.calls).read_text())
     train = man.get("training", {})
     cfg = man.get("train_config", {})
     lines = [
@@ -78,11 +119,16 @@ def main() -> int:
         f"(each batch also replays segments from a pool of recent ones).",
         f"- batch {cfg.get('batch_size')} x {cfg.get('segment_seconds')} s segments, AdamW lr "
         f"{cfg.get('lr')} -> {cfg.get('lr_final')} (exponential), grad clip {cfg.get('grad_clip')}.",
+        f"- Started from: `{train.get('init', 'random weights')}`.",
         "- Data: `percepnet data` corpus (shared data + Debian voice/noise packages, screened, split by "
-        "file and speaker), on-the-fly mixtures: SNR -5..40 dB (10 % noise-free), level -45..0 dBFS, "
-        "random biquads, low-pass, synthetic rooms on half (target keeps 20 ms early reflections and a "
-        "200 ms RT60 tail), clipping, synthetic noises. Loss masked above each clip's bandwidth.",
-        "- Selected by dev PESQ-WB (mean of 6 dev mixtures, measured rooms) at each evaluation.",
+        "file and speaker), " + recipe_text(MixConfig()),
+        "- Selected by dev PESQ-WB (mean of 6 dev mixtures of the training recipe) at each evaluation.",
+        "",
+        "Accepted audio per source (hours; `percepnet data report`):",
+        "",
+        *data_table(DataConfig.from_args(None, None)),
+        "",
+        "Training log:",
         "",
         "| step | wall min | train loss | dev loss | dev PESQ-WB | fresh audio h |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -93,17 +139,29 @@ def main() -> int:
             f"| {e['step']} | {e['wall_min']:.0f} | {tl} | {e['dev_loss']:.3f} | {e['dev_pesq']:.2f} | "
             f"{e['audio_h']:.1f} |"
         )
+    n_items = len({r["id"] for r in rows})
     lines += [
         "",
-        f"## Quality on the held-out test split ({summary[0].n} mixtures, one run)",
+        f"## Quality: {args.title} ({n_items} items, every system in one run)",
         "",
-        "Median:",
+        "`python -m bench.calls --split test --n 90` (see its docstring for the conditions). "
+        "Means; PESQ is PESQ-NB at 8 kHz for telephone input, else PESQ-WB at 16 kHz.",
         "",
-        markdown_table(summary),
-        "Mean:",
+        "All items:",
         "",
-        markdown_table(summary, stat="mean"),
+        table(rows),
     ]
+    for bw in BANDWIDTHS:
+        sel = [r for r in rows if r["bandwidth"] == bw]
+        lines += [f"Input bandwidth {bw}:", "", table(sel)]
+    for fam in sorted({r["family"] for r in rows}):
+        sel = [r for r in rows if r["family"] == fam]
+        lines += [f"Noise family {fam}:", "", table(sel)]
+    check = improvement_check(rows)
+    lines.append(
+        "RNNoise raises mean PESQ and DNSMOS OVRL above noisy (the benchmark's own check): "
+        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in check.items())
+    )
     if args.notes:
         lines += ["", Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -24,6 +24,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +60,7 @@ def _worker_main(config: Config, index: int, socket_path: str) -> None:
     """Entry point of a worker process (spawned: fresh interpreter, own model session)."""
     from server.__main__ import build_enhancer_factory, serve_worker, setup_logging
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     factory = build_enhancer_factory(config)
     asyncio.run(serve_worker(config, factory, worker_index=index, unix_path=Path(socket_path)))
 
@@ -302,8 +303,12 @@ class _MergedCollector:
         return self.families
 
 
-async def serve_router(config: Config) -> int:
-    """Start the workers and the router; run until SIGTERM/SIGINT, then drain."""
+async def serve_router(config: Config, *, ssl_context: ssl.SSLContext | None = None) -> int:
+    """Start the workers and the router; run until SIGTERM/SIGINT, then drain.
+
+    With `ssl_context` the router serves HTTPS; workers behind it stay on Unix sockets."""
+    from server.__main__ import listening_url
+
     with tempfile.TemporaryDirectory(prefix="percepnet-") as tmp:
         router = Router(config, Path(tmp))
         for w in router.workers:
@@ -316,16 +321,25 @@ async def serve_router(config: Config) -> int:
             return 1
         runner = web.AppRunner(router.app(), handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
         await site.start()
-        log.info("router on %s, %d workers", site.name, len(router.workers))
+        log.info(
+            "listening on %s (%d workers, %d stream slots)",
+            listening_url("https" if ssl_context else "http", runner),
+            len(router.workers),
+            config.max_streams,
+        )
         monitor = asyncio.create_task(router.monitor())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("router draining")
+        log.info(
+            "stopping: draining %d workers, up to %.0f s",
+            len(router.workers),
+            config.drain_timeout_s,
+        )
         router.draining = True
         monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):

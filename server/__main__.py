@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -22,7 +23,7 @@ from aiohttp import web
 from percepnet.enhancer import Enhancer, warm_up
 from percepnet.runtime import ModelError, load_enhancer_factory
 from server.app import MANAGER_KEY, create_app
-from server.config import Config, ConfigError, load_config
+from server.config import Config, ConfigError, ListenError, load_config
 from server.gcwatch import freeze_startup_heap
 
 log = logging.getLogger("server")
@@ -41,6 +42,14 @@ def build_enhancer_factory(config: Config) -> Callable[[], Enhancer]:
     )
     log.info("DSP kernels ready in %.1f s", warm_up(factory))
     return factory
+
+
+async def start_site(site: web.BaseSite, config: Config) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {config.host}:{config.port}: {reason}") from exc
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -88,7 +97,11 @@ async def serve_worker(
     # Everything is loaded and warmed: exempt it from the collector, so no full
     # collection stalls the streams' event loop (server/gcwatch.py).
     log.debug("worker %d: %d start-up objects frozen", worker_index, freeze_startup_heap())
-    await site.start()
+    try:
+        await start_site(site, config)
+    except ListenError:
+        await runner.cleanup()
+        raise
     if unix_path is not None:
         log.debug("worker %d on %s", worker_index, unix_path)
         log.info("worker %d ready", worker_index)
@@ -178,15 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if config.workers == 1:
-        asyncio.run(serve_worker(config, factory, ssl_context=ssl_context))
-        code = 0
-    else:
-        # Loaded above only to fail fast with a clear message; each worker loads its own.
-        del factory
-        from server.router import serve_router
+    try:
+        if config.workers == 1:
+            asyncio.run(serve_worker(config, factory, ssl_context=ssl_context))
+            code = 0
+        else:
+            # Loaded above only to fail fast with a clear message; each worker loads its own.
+            del factory
+            from server.router import serve_router
 
-        code = asyncio.run(serve_router(config, ssl_context=ssl_context))
+            code = asyncio.run(serve_router(config, ssl_context=ssl_context))
+    except ListenError as exc:
+        print(f"percepnet-server: {exc}", file=sys.stderr)
+        return 2
     log.info("percepnet-server stopped (exit status %d)", code)
     return code
 

@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """An unusable setting (bad number, malformed ICE server URL...)."""
 
 
+class ListenError(ConfigError):
+    """The listening address cannot be used (in use, no permission...). Defined here, not
+    in server/__main__.py, so that `python -m server` (where that module is __main__)
+    and the router catch the same class."""
+
+
 @dataclass(frozen=True)
 class IceServer:
     """One STUN/TURN server, as handed to aiortc and to the browser page."""

@@ -39,7 +39,7 @@ from prometheus_client.samples import Sample
 
 from server.app import CONFIG_KEY, CORS_HEADERS, _body_text, _error, client_config, guard, index
 from server.app import whip_options as options
-from server.config import Config
+from server.config import Config, ListenError
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ async def serve_router(config: Config, *, ssl_context: ssl.SSLContext | None = N
     """Start the workers and the router; run until SIGTERM/SIGINT, then drain.
 
     With `ssl_context` the router serves HTTPS; workers behind it stay on Unix sockets."""
-    from server.__main__ import listening_url
+    from server.__main__ import listening_url, start_site
 
     with tempfile.TemporaryDirectory(prefix="percepnet-") as tmp:
         router = Router(config, Path(tmp))
@@ -322,7 +322,12 @@ async def serve_router(config: Config, *, ssl_context: ssl.SSLContext | None = N
         runner = web.AppRunner(router.app(), handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await start_site(site, config)
+        except ListenError:
+            await _stop_workers(router, 5.0)
+            await runner.cleanup()
+            raise
         log.info(
             "listening on %s (%d workers, %d stream slots)",
             listening_url("https" if ssl_context else "http", runner),

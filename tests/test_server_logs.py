@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from asyncio.subprocess import PIPE, Process
 from collections.abc import Iterator
@@ -234,3 +235,37 @@ async def test_router_serves_https_with_clean_start_and_stop_lines(tmp_path: Pat
     assert "worker 0 ready" in text and "worker 1 ready" in text
     assert "stopping: draining 2 workers" in text
     assert server.lines[-1].endswith("percepnet-server stopped (exit status 0)")
+
+
+@pytest.mark.usefixtures("restore_logging")  # main() sets up the root logger
+def test_port_in_use_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc = main(["--unity-gains", "--workers", "1", "--host", "127.0.0.1", "--port", str(port)])
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err, err
+    assert last == f"percepnet-server: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+async def test_router_port_in_use_is_a_one_line_error_and_workers_stop() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "server", "--unity-gains", "--workers", "2"],
+            *["--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=PIPE,
+        )
+        async with asyncio.timeout(90):
+            _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 2, text
+    assert f"percepnet-server: cannot listen on 127.0.0.1:{port}: Address already in use" in text
+    assert "Traceback" not in text
+    assert "worker 0 stopped" in text and "worker 1 stopped" in text

@@ -32,6 +32,7 @@ import soundfile as sf
 from aiortc.rtp import RtpPacket, is_rtcp
 
 from percepnet.constants import SAMPLE_RATE
+from percepnet.enhancer import Enhancer
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
@@ -285,3 +286,53 @@ async def test_janus_audiobridge_room_gets_the_cleaned_talker(tmp_path: Path) ->
         assert reduction > 6.0, (name, noise_off, noise_on)
         # a cleaner room, not just a quieter one
         assert speech_on - noise_on > speech_off - noise_off + 6.0, (name, measured)
+
+
+async def test_bridge_script_joins_the_room_and_cleans_up(tmp_path: Path) -> None:
+    """deploy/janus/bridge.py as an operator runs it: it joins, opens the sidecar
+    session, says where the talker's RTP goes, and on SIGTERM ends both."""
+    bridge = load_bridge()
+    async with (
+        sidecar(Enhancer) as srv,
+        running_janus(tmp_path) as janus_url,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(DEPLOY_JANUS / "bridge.py"), "--janus", janus_url,
+            "--room", str(ROOM), "--percepnet", srv.url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                line = (await proc.stdout.readline()).decode()
+            m = re.search(r"to 127\.0\.0\.1:(\d+); it enters the room cleaned", line)
+            assert m, line
+            streams = (await srv.get("/streams"))[1]
+            (stream,) = streams["streams"]
+            assert stream["kind"] == "rtp"
+            # the room has the talker: ask Janus from a session of our own
+            probe = bridge.JanusParticipant(janus_url)
+            probe.session = int(
+                (await asyncio.to_thread(probe._janus, "", {"janus": "create"}))["data"]["id"]
+            )
+            reply = await asyncio.to_thread(
+                probe._janus, f"/{probe.session}", {"janus": "attach", "plugin": AUDIOBRIDGE_NAME}
+            )
+            probe.handle = int(reply["data"]["id"])
+            listed = await asyncio.to_thread(
+                probe._janus,
+                f"/{probe.session}/{probe.handle}",
+                {"janus": "message", "body": {"request": "listparticipants", "room": ROOM}},
+            )
+            names = [p.get("display") for p in listed["plugindata"]["data"]["participants"]]
+            assert names == ["cleaned talker"], listed
+            await asyncio.to_thread(probe.leave)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            assert (await srv.get("/streams"))[1]["active"] == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -143,6 +143,8 @@ def plan_outputs(inputs: list[Path], out_dir: Path, *, overwrite: bool = False) 
     jobs: list[Job] = []
     by_target: dict[Path, Job] = {}
     problems: list[str] = []
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AudioError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
     files = collect_inputs(inputs, exclude=out_dir)
     if not files:
         raise AudioError("no audio files found in " + " ".join(str(p) for p in inputs))

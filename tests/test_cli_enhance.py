@@ -223,3 +223,12 @@ def test_every_option_help_gives_its_default() -> None:
         if not action.help or not ("default" in action.help or "(required)" in action.help)
     ]
     assert not missing, "\n".join(missing)
+
+
+def test_output_that_is_a_file_is_refused(tmp_path: Path, capsys) -> None:
+    x = write(tmp_path / "x.wav", 13)
+    not_a_folder = tmp_path / "out.wav"
+    not_a_folder.write_bytes(b"keep me")
+    assert main(["enhance", str(x), "-o", str(not_a_folder)]) == EXIT_ERROR
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert not_a_folder.read_bytes() == b"keep me"

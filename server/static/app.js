@@ -372,8 +372,8 @@ if (navigator.mediaDevices) {
 } else {
   // Browsers give the microphone only to secure contexts: https://, or http://localhost.
   $("join").disabled = true;
-  setStatus("the microphone needs HTTPS: open this page over https:// (see README, " +
-    "\"HTTPS\") or on localhost", "error");
+  setStatus("the microphone needs HTTPS: open this page over https:// or on localhost " +
+    "(README, Set-up)", "error");
 }
 
 window.percepnet = {

@@ -169,28 +169,36 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         )
 
 
+def startup_failed(config: Config, message: str) -> int:
+    """Report a start-up failure: a plain line on stderr, or with --log-format json one
+    ERROR record, so a log pipeline sees it too. Returns the exit status (2)."""
+    if config.log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"percepnet-server: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
-    except ConfigError as exc:
+    except ConfigError as exc:  # no configuration yet, so no log format either
         print(f"percepnet-server: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
     try:
         ssl_context = tls_context(config)
     except ConfigError as exc:
-        print(f"percepnet-server: {exc}", file=sys.stderr)
-        return 2
+        return startup_failed(config, str(exc))
     try:
         factory = build_enhancer_factory(config)
     except ModelError as exc:
-        print(
-            f"percepnet-server: cannot load the model: {exc}\n"
+        return startup_failed(
+            config,
+            f"cannot load the model: {exc}\n"
             "  give one with --model PATH (PERCEPNET_MODEL), or --unity-gains to run "
             "the DSP without a model",
-            file=sys.stderr,
         )
-        return 2
     try:
         if config.workers == 1:
             asyncio.run(serve_worker(config, factory, ssl_context=ssl_context))
@@ -202,8 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             code = asyncio.run(serve_router(config, ssl_context=ssl_context))
     except ListenError as exc:
-        print(f"percepnet-server: {exc}", file=sys.stderr)
-        return 2
+        return startup_failed(config, str(exc))
     log.info("percepnet-server stopped (exit status %d)", code)
     return code
 

@@ -269,3 +269,18 @@ async def test_router_port_in_use_is_a_one_line_error_and_workers_stop() -> None
     assert f"percepnet-server: cannot listen on 127.0.0.1:{port}: Address already in use" in text
     assert "Traceback" not in text
     assert "worker 0 stopped" in text and "worker 1 stopped" in text
+
+
+@pytest.mark.usefixtures("restore_logging")  # main() sets up the root logger
+def test_startup_failure_is_a_json_record_in_json_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.onnx"
+    assert main(["--log-format", "json", "--model", str(missing)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    record = json.loads(lines[0])
+    assert record["level"] == "ERROR" and record["logger"] == "server"
+    assert (
+        record["message"].startswith("cannot load the model") and str(missing) in record["message"]
+    )

@@ -232,3 +232,13 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path, capsys) -> None:
     assert main(["enhance", str(x), "-o", str(not_a_folder)]) == EXIT_ERROR
     assert "exists and is not a folder" in capsys.readouterr().err
     assert not_a_folder.read_bytes() == b"keep me"
+
+
+def test_oracle_never_overwrites_its_inputs(tmp_path: Path, capsys) -> None:
+    clean, noisy = write(tmp_path / "clean.wav", 14), write(tmp_path / "noisy.wav", 15)
+    before = noisy.read_bytes(), clean.read_bytes()
+    for target in (noisy, clean):
+        rc = main(["oracle", "--clean", str(clean), "--noisy", str(noisy), "-o", str(target)])
+        assert rc == EXIT_ERROR
+        assert f"{target} would overwrite the input" in capsys.readouterr().err
+    assert (noisy.read_bytes(), clean.read_bytes()) == before

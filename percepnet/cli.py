@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "outputs that would collide, or replace existing files without --overwrite, stop "
         "the run before anything is written. A file that cannot be read is reported, "
         "skipped, and the run goes on.",
+        epilog="exit status: 0 all enhanced; 1 some files failed (the others were written); "
+        "2 nothing done (bad arguments or input, conflicting outputs, unusable model)",
     )
     p.add_argument(
         "inputs", nargs="+", help="audio files or folders (folders searched recursively)"

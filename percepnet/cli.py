@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from percepnet.audio import AudioError
+from percepnet.runtime import ModelError
 
 
 def _cmd_oracle(args: argparse.Namespace) -> int:
@@ -112,72 +113,211 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from percepnet.offline import enhance_paths
+    from tqdm import tqdm
 
-    n = enhance_paths(
-        [Path(p) for p in args.inputs],
-        Path(args.output),
-        model=args.model,
-        postfilter=not args.no_postfilter,
-        attenuation_limit_db=args.attenuation_limit,
-    )
-    print(f"enhanced {n} file(s) into {args.output}")
+    from percepnet.offline import enhance_files, plan_outputs
+    from percepnet.runtime import load_model
+
+    out_dir = Path(args.output)
+    jobs = plan_outputs([Path(p) for p in args.inputs], out_dir, overwrite=args.overwrite)
+    net = load_model(args.model)
+    failed: list[str] = []
+    bar = tqdm(total=len(jobs), unit="file", file=sys.stderr, disable=len(jobs) < 2 or args.quiet)
+    with bar:
+        for outcome in enhance_files(
+            jobs,
+            net,
+            postfilter=not args.no_postfilter,
+            attenuation_limit_db=args.attenuation_limit,
+        ):
+            if outcome.error is not None:
+                failed.append(outcome.error)
+                # tqdm.write clears the bar, prints the line, then redraws the bar below it
+                tqdm.write(f"skipped: {outcome.error}", file=sys.stderr)
+            elif outcome.nonfinite_input_samples:
+                tqdm.write(
+                    f"warning: {outcome.job.source}: {outcome.nonfinite_input_samples} "
+                    "NaN/inf input samples were replaced by 0",
+                    file=sys.stderr,
+                )
+            bar.update(1)
+    done = len(jobs) - len(failed)
+    print(f"enhanced {done} of {len(jobs)} file(s) into {out_dir}")
+    if failed:
+        print(f"{len(failed)} file(s) failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FILES_FAILED
     return 0
 
 
+EXIT_FILES_FAILED = 1
+"""enhance: some files could not be read or written (the others were enhanced)."""
+EXIT_ERROR = 2
+"""Nothing done: bad arguments, a missing input, conflicting outputs, an unusable model."""
+MAX_ATTENUATION_DB = 100.0
+"""Largest attenuation limit taken (the same bound as the service's stream control)."""
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), for --version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("percepnet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _bounded(
+    kind: type[int] | type[float], low: float | None = None, high: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse type: `kind` within [low, high], else a usage error naming the range."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if (
+            value != value
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            if high is None:
+                raise argparse.ArgumentTypeError(f"must be at least {low:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="percepnet", description="PercepNet speech enhancement")
+    parser = argparse.ArgumentParser(
+        prog="percepnet",
+        description="PercepNet speech enhancement",
+        epilog="exit status: 0 done; 1 enhance: some files failed (the others were written); "
+        "2 nothing done (bad arguments or input, conflicting outputs, unusable model)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("oracle", help="enhance with ideal gains computed from the clean reference")
-    p.add_argument("--clean", required=True, help="clean reference file")
-    p.add_argument("--noisy", required=True, help="noisy file (same duration)")
+    p.add_argument("--clean", required=True, help="clean reference file (required)")
+    p.add_argument("--noisy", required=True, help="noisy file, same duration (required)")
     p.add_argument(
-        "-o", "--output", required=True, help="output file (written at the noisy file's rate)"
+        "-o",
+        "--output",
+        required=True,
+        help="output file, written at the noisy file's rate; never one of the inputs (required)",
     )
-    p.add_argument("--no-pitch-filter", action="store_true", help="band gains only, no comb filter")
-    p.add_argument("--no-postfilter", action="store_true", help="skip the envelope postfilter")
+    p.add_argument(
+        "--no-pitch-filter",
+        action="store_true",
+        help="band gains only, no comb filter (default: comb filter on)",
+    )
+    p.add_argument(
+        "--no-postfilter",
+        action="store_true",
+        help="skip the envelope postfilter (default: postfilter on)",
+    )
     p.set_defaults(func=_cmd_oracle)
 
-    p = sub.add_parser("enhance", help="enhance files or folders with the model")
-    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--model", default=None, help="ONNX model (default: the shipped int8 model)")
-    p.add_argument("--no-postfilter", action="store_true")
+    p = sub.add_parser(
+        "enhance",
+        help="enhance files or folders with the model",
+        description="Enhance audio files with the model. Each output has its input's name "
+        "(folders: its path within the folder), sample rate and channel count; .ogg and "
+        ".mp3 inputs are written as .wav (16-bit PCM). An output never replaces an input; "
+        "outputs that would collide, or replace existing files without --overwrite, stop "
+        "the run before anything is written. A file that cannot be read is reported, "
+        "skipped, and the run goes on.",
+        epilog="exit status: 0 all enhanced; 1 some files failed (the others were written); "
+        "2 nothing done (bad arguments or input, conflicting outputs, unusable model)",
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="audio files or folders (folders searched recursively)"
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder (required)")
+    p.add_argument(
+        "--model", default=None, help="ONNX model (default: the shipped models/percepnet-int8.onnx)"
+    )
+    p.add_argument(
+        "--no-postfilter",
+        action="store_true",
+        help="skip the envelope postfilter that sharpens voiced speech (default: postfilter on)",
+    )
     p.add_argument(
         "--attenuation-limit",
-        type=float,
+        type=_bounded(float, 0.0, MAX_ATTENUATION_DB),
         default=None,
         metavar="DB",
-        help="never attenuate more than this many dB",
+        help=f"never attenuate more than this many dB, 0-{MAX_ATTENUATION_DB:g} "
+        "(default: no limit)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (default: refuse; inputs are never replaced)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar (default: shown for 2+ files)"
     )
     p.set_defaults(func=_cmd_enhance)
 
     p = sub.add_parser("data", help="build the training corpus (fetch, screen, split, pack)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="`percepnet data --help` lists them")
     p.set_defaults(func=_cmd_data)
 
+    positive = _bounded(float, 1e-9)
     p = sub.add_parser("train", help="train the network on on-the-fly mixtures")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, log)")
-    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget in total")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--conv", type=int, default=128)
-    p.add_argument("--gru", type=int, default=160)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--strength-gru", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log (required)")
     p.add_argument(
-        "--fresh", type=int, default=8, help="new mixtures per batch (the rest replayed)"
+        "--minutes", type=positive, default=60.0, help="wall-time budget in total (default: 60)"
     )
-    p.add_argument("--eval-every", type=float, default=10.0, help="minutes between dev evaluations")
+    p.add_argument("--batch", type=_bounded(int, 1), default=16, help="batch size (default: 16)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    p.add_argument(
+        "--conv", type=_bounded(int, 1), default=128, help="conv channels (default: 128)"
+    )
+    p.add_argument("--gru", type=_bounded(int, 1), default=160, help="GRU size (default: 160)")
+    p.add_argument("--layers", type=_bounded(int, 1), default=3, help="GRU layers (default: 3)")
+    p.add_argument(
+        "--strength-gru",
+        type=_bounded(int, 1),
+        default=64,
+        help="comb-strength GRU size (default: 64)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_bounded(int, 0),
+        default=1,
+        help="data-loader processes; 0: in the training process (default: 1)",
+    )
+    p.add_argument(
+        "--fresh",
+        type=_bounded(int, 1),
+        default=8,
+        help="new mixtures per batch, the rest replayed (default: 8)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=positive,
+        default=10.0,
+        help="minutes between dev evaluations (default: 10)",
+    )
     p.add_argument(
         "--data",
         default=None,
         help="shared data folder (default: PERCEPNET_DATA or ../shared/data)",
     )
     p.add_argument("--cache", default=None, help="corpus cache folder (default: cache/)")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh even if the run folder has a checkpoint (default: resume)",
+    )
     p.add_argument(
         "--init",
         default=None,
@@ -192,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="export a checkpoint to streaming ONNX (float and int8)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out-dir", default="models")
-    p.add_argument("--stem", default="percepnet")
+    p.add_argument("checkpoint", help="training checkpoint (.pt)")
+    p.add_argument("--out-dir", default="models", help="output folder (default: models)")
+    p.add_argument(
+        "--stem", default="percepnet", help="file name stem of the models (default: percepnet)"
+    )
     p.set_defaults(func=_cmd_export)
     return parser
 
@@ -210,9 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except AudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except AudioError as exc:  # each line of it: one input or output that is unusable
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModelError as exc:
+        # onnxruntime's messages can run over several lines; the first says what failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {first}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
 

@@ -18,6 +18,8 @@ ENV_PREFIX = "PERCEPNET_"
 PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
 
 Offload = Literal["batch", "inline", "thread"]
+LogFormat = Literal["text", "json"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 STREAMS_PER_CORE = 10
 """Default capacity per worker (one per core): enhanced streams one core held without
@@ -27,6 +29,12 @@ LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 class ConfigError(ValueError):
     """An unusable setting (bad number, malformed ICE server URL...)."""
+
+
+class ListenError(ConfigError):
+    """The listening address cannot be used (in use, no permission...). Defined here, not
+    in server/__main__.py, so that `python -m server` (where that module is __main__)
+    and the router catch the same class."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,17 @@ class Config:
     """At most this many per-stream Prometheus series per worker (the rest: /streams only)."""
     static_dir: Path = field(default=PACKAGE_STATIC)
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    """text: one human-readable line per record; json: one JSON object per line, for log
+    pipelines (server/__main__.py, JsonFormatter)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; with tls_key the server speaks HTTPS itself. Browsers give
+    a page from another machine the microphone only in a secure context (HTTPS)."""
+    tls_key: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -132,6 +151,14 @@ class Config:
             raise ConfigError(f"Opus complexity must be 0-10, not {self.opus_complexity}")
         if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("deadline, body size and drain timeout must be positive")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log format must be text or json, not {self.log_format!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.max_pending < 1 or self.max_pending_per_client < 1:
             raise ConfigError("pending session limits must be at least 1")
         if not 0 < self.connect_timeout_s <= 300:
@@ -198,14 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="PercepNet WebRTC speech-enhancement service. Every flag also reads "
         "PERCEPNET_<FLAG> from the environment (e.g. PERCEPNET_MAX_STREAMS).",
     )
-    p.add_argument("--host", help="listen address (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="listen port (default 8080)")
-    p.add_argument("--model", help="ONNX model path (default models/percepnet-int8.onnx)")
+    p.add_argument("--host", help="listen address (default: 0.0.0.0)")
+    p.add_argument("--port", type=int, help="listen port (default: 8080)")
+    p.add_argument("--model", help="ONNX model path (default: models/percepnet-int8.onnx)")
     p.add_argument(
         "--unity-gains",
         action="store_const",
         const="1",
-        help="no model: run the DSP with unity gains (testing and benchmarks only)",
+        help="no model: run the DSP with unity gains, for tests and benchmarks (default: off)",
     )
     p.add_argument(
         "--max-streams",
@@ -218,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="ice_servers",
         help="stun:host:port or turn:user:secret@host:port; repeatable "
-        "(env: comma-separated PERCEPNET_ICE_SERVERS). Default: none",
+        "(env: comma-separated PERCEPNET_ICE_SERVERS) (default: none)",
     )
     p.add_argument(
         "--auth-token",
@@ -247,40 +274,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--offload",
         choices=["batch", "inline", "thread"],
         help="where the enhancer runs: on the loop with streams batched for the model "
-        "(batch, default), on the loop one by one (inline), or in a thread",
+        "(batch), on the loop one by one (inline), or in a thread (default: batch)",
     )
     p.add_argument(
         "--batch-window-ms",
         type=float,
-        help="batch: longest wait for other streams to share a model run (20; 0: "
-        "only packets that arrive together)",
+        help="batch: longest wait for other streams to share a model run; 0: only "
+        "packets that arrive together (default: 20)",
     )
     p.add_argument(
         "--frame-deadline-ms",
         type=float,
-        help="frames that waited longer than this after decoding pass through (60)",
+        help="frames that waited longer than this after decoding pass through (default: 60)",
     )
     p.add_argument(
         "--inline-codecs",
         choices=["on", "off"],
-        help="Opus decode/encode on the event loop (on, default) or in aiortc's threads",
+        help="Opus decode/encode on the event loop (on) or in aiortc's threads (default: on)",
     )
     p.add_argument(
         "--receive-buffer",
         choices=["relay", "aiortc"],
-        help="WebRTC audio in: decoded in order as it arrives (relay, default) or after "
-        "aiortc's 80 ms playout buffer (aiortc)",
+        help="WebRTC audio in: decoded in order as it arrives (relay) or after "
+        "aiortc's 80 ms playout buffer (aiortc) (default: relay)",
     )
     p.add_argument(
         "--opus-complexity",
         type=int,
-        help="libopus complexity 0-10 of the audio sent back to WebRTC peers (5; aiortc: 10)",
+        help="libopus complexity 0-10 of the audio sent back to WebRTC peers; aiortc's "
+        "is 10 (default: 5)",
     )
-    p.add_argument("--max-body-bytes", type=int, help="largest signalling body (65536)")
-    p.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (30)")
-    p.add_argument("--static-dir", help="directory of the browser page")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (INFO)")
+    p.add_argument(
+        "--max-body-bytes", type=int, help="largest signalling body in bytes (default: 65536)"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=float,
+        help="on SIGTERM, seconds to wait for streams to end (default: 30)",
+    )
+    p.add_argument(
+        "--static-dir", help="directory of the browser page (default: the packaged server/static)"
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="least severe level logged; aioice's per-candidate INFO lines show only at "
+        "DEBUG (default: INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for log pipelines (default: text)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="certificate chain: serve HTTPS, which a page opened from another machine "
+        "needs for the microphone (default: plain HTTP)",
+    )
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (default: none)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     return p
+
+
+def _package_version() -> str:
+    from percepnet.cli import package_version
+
+    return package_version()
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -310,7 +372,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
             except ValueError as exc:
                 raise ConfigError(f"{name}: not a number: {raw!r}") from exc
 
-    for name in ("host", "auth_token", "offload", "receive_buffer", "log_level"):
+    for name in ("host", "auth_token", "offload", "receive_buffer", "log_level", "log_format"):
         raw = get(name)
         if raw is not None and raw != "":
             kw[name] = raw
@@ -328,8 +390,9 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         number(name, float)
     if (raw := get("model")) is not None and raw:
         kw["model"] = Path(raw)
-    if (raw := get("static_dir")) is not None and raw:
-        kw["static_dir"] = Path(raw)
+    for name in ("static_dir", "tls_cert", "tls_key"):
+        if (raw := get(name)) is not None and raw:
+            kw[name] = Path(raw)
     for name in ("unity_gains", "inline_codecs"):
         if (raw := get(name)) is not None:
             if raw.lower() not in _TRUE | _FALSE:

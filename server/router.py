@@ -25,6 +25,7 @@ import multiprocessing.process
 import os
 import signal
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +62,7 @@ def _worker_main(config: Config, index: int, socket_path: str) -> None:
     """Entry point of a worker process (spawned: fresh interpreter, own model session)."""
     from server.__main__ import build_enhancer_factory, serve_worker, setup_logging
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     factory = build_enhancer_factory(config)
     asyncio.run(serve_worker(config, factory, worker_index=index, unix_path=Path(socket_path)))
 
@@ -310,10 +311,19 @@ class _MergedCollector:
         return self.families
 
 
-async def serve_router(config: Config, sock: socket.socket | None = None) -> int:
+async def serve_router(
+    config: Config,
+    sock: socket.socket | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
     """Start the workers and the router on `sock` (bound by the caller, so a port in use
     fails before any worker exists); run until SIGTERM/SIGINT, then drain. Whatever
-    happens, no worker outlives this call."""
+    happens, no worker outlives this call.
+
+    With `ssl_context` the router serves HTTPS; workers behind it stay on Unix sockets."""
+    from server.__main__ import listening_url, start_site
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -345,14 +355,23 @@ async def serve_router(config: Config, sock: socket.socket | None = None) -> int
                 return 1
             site: web.BaseSite
             if sock is not None:
-                site = web.SockSite(runner, sock)
+                site = web.SockSite(runner, sock, ssl_context=ssl_context)
             else:
-                site = web.TCPSite(runner, config.host, config.port)
-            await site.start()
-            log.info("router on %s, %d workers", site.name, len(router.workers))
+                site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+            await start_site(site, config)
+            log.info(
+                "listening on %s (%d workers, %d stream slots)",
+                listening_url("https" if ssl_context else "http", runner),
+                len(router.workers),
+                config.max_streams,
+            )
             monitor = asyncio.create_task(router.monitor())
             await stop.wait()
-            log.info("router draining")
+            log.info(
+                "stopping: draining %d workers, up to %.0f s",
+                len(router.workers),
+                config.drain_timeout_s,
+            )
             router.draining = True
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

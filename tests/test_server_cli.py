@@ -482,7 +482,7 @@ async def test_port_in_use_fails_fast_with_one_line_and_no_process_left(workers:
             if proc.returncode is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         took = loop.time() - started
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert lines == [f"percepnet-server: cannot listen on 127.0.0.1:{port}: Address already in use"]
     assert out == b""

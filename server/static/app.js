@@ -55,6 +55,7 @@ function waitIceGathering(pc, ms) {
 }
 
 async function join() {
+  if (leaving) await leaving;
   if (state.pc) return;
   $("join").disabled = true;
   setStatus("connecting", "idle");
@@ -216,8 +217,10 @@ function onStats(msg) {
 }
 
 async function pollRtt() {
-  if (!state.pc) return;
-  const report = await state.pc.getStats();
+  const pc = state.pc;
+  if (!pc) return;
+  const report = await pc.getStats();
+  if (state.pc !== pc) return; // left meanwhile: the views are reset
   report.forEach((s) => {
     if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
       $("rtt").textContent = (1000 * s.currentRoundTripTime).toFixed(1) + " ms";
@@ -253,23 +256,69 @@ function sendControls() {
   }
 }
 
-async function leave(keepStatus) {
+// Ends the session on the server. keepalive lets the request outlive the page (Leave
+// just before closing the tab, or pagehide); the caller awaits it before closing the
+// peer connection, so the browser never aborts it. Gives up after 3 s.
+function hangUp(loc) {
+  const t0 = performance.now();
+  return fetch(loc, {
+    method: "DELETE", headers: headers(), keepalive: true, signal: AbortSignal.timeout(3000),
+  }).then(
+    async (r) => {
+      await r.arrayBuffer(); // read to the end: a response left unread counts as aborted
+      state.hangUp = { status: r.status, ms: performance.now() - t0 };
+    },
+    (e) => { state.hangUp = { error: String(e), ms: performance.now() - t0 }; },
+  );
+}
+
+const EMPTY = "–";
+const STAT_IDS = ["latency", "rtt", "playout", "loss", "cpu", "frames", "session", "vad-value"];
+
+// Back to the look of a fresh page: blank spectrograms and voice activity, no stats.
+function resetViews() {
+  for (const id of ["spec-in", "spec-out", "vad"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+  for (const side of ["in", "out"]) {
+    $("meter-" + side).value = -80;
+    $("level-" + side).textContent = EMPTY;
+  }
+  for (const id of STAT_IDS) $(id).textContent = EMPTY;
+  state.vad = [];
+  state.stats = null;
+}
+
+let leaving = null;
+
+function leave(keepStatus) {
+  if (!leaving) leaving = doLeave(keepStatus).finally(() => { leaving = null; });
+  return leaving;
+}
+
+async function doLeave(keepStatus) {
   const pc = state.pc;
   state.pc = null;
   state.playout = null;
   clearInterval(state.statsTimer);
   cancelAnimationFrame(state.raf);
+  $("leave").disabled = true;
   if (state.location) {
     const loc = state.location;
     state.location = null;
-    fetch(loc, { method: "DELETE", headers: headers() }).catch(() => {});
+    await hangUp(loc);
   }
   if (pc) pc.close();
+  state.channel = null;
   if (state.mic) state.mic.getTracks().forEach((t) => t.stop());
   state.mic = null;
-  state.analyserIn = state.analyserOut = null;
+  if (state.outSource) state.outSource.disconnect();
+  state.analyserIn = state.analyserOut = state.outSource = state.remote = null;
+  $("remote").srcObject = null;
+  state.session = null;
+  resetViews();
   $("join").disabled = false;
-  $("leave").disabled = true;
   $("enabled").disabled = true;
   $("limit").disabled = true;
   if (!keepStatus) setStatus("idle", "idle");
@@ -314,9 +363,18 @@ $("join").addEventListener("click", join);
 $("leave").addEventListener("click", () => leave());
 $("enabled").addEventListener("change", sendControls);
 $("limit").addEventListener("input", () => { showLimit(); sendControls(); });
-navigator.mediaDevices.addEventListener("devicechange", () => listDevices().catch(() => {}));
-listDevices().catch(() => {});
+// Closing or leaving the page ends the session at once, not after the idle timeout.
+window.addEventListener("pagehide", () => { if (state.location) hangUp(state.location); });
 showLimit();
+if (navigator.mediaDevices) {
+  navigator.mediaDevices.addEventListener("devicechange", () => listDevices().catch(() => {}));
+  listDevices().catch(() => {});
+} else {
+  // Browsers give the microphone only to secure contexts: https://, or http://localhost.
+  $("join").disabled = true;
+  setStatus("the microphone needs HTTPS: open this page over https:// or on localhost " +
+    "(README, Set-up)", "error");
+}
 
 window.percepnet = {
   join, leave, record, state,

@@ -35,7 +35,9 @@ def data_table(cfg: DataConfig) -> list[str]:
         licence = SOURCE_LICENCES.get(source, "see the shared folder's README")
         lines.append(f"| {kind} | {source} | {licence} | " + " | ".join(hours) + " |")
     for kind in ("speech", "noise"):
-        cells = " | ".join(f"**{totals.get((kind, s), 0.0):.2f}**" for s in ("train", "dev", "test"))
+        cells = " | ".join(
+            f"**{totals.get((kind, s), 0.0):.2f}**" for s in ("train", "dev", "test")
+        )
         lines.append(f"| {kind} | **all** | | {cells} |")
     return lines
 

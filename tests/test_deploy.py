@@ -109,6 +109,12 @@ def test_compose_service_prometheus_grafana_and_turn_profile() -> None:
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"127.0.0.1:{app['environment']['PERCEPNET_PORT']}"]
     assert prometheus["scrape_configs"][0]["metrics_path"] == "/metrics"
+    # /metrics needs the operator token when one is set: Prometheus sends it from a file
+    # that compose mounts.
+    auth = prometheus["scrape_configs"][0]["authorization"]
+    assert auth["type"] == "Bearer"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert (DEPLOY / mounts[auth["credentials_file"]]).is_file()
 
 
 def test_grafana_dashboard_uses_exported_metrics_and_covers_the_essentials() -> None:

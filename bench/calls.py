@@ -250,7 +250,43 @@ System = Callable[[FloatArray, FloatArray], FloatArray]
 """(noisy, clean), both at 48 kHz and aligned -> enhanced at 48 kHz, aligned."""
 
 
-def systems(models: Sequence[Path], dfn: bool, oracle: bool = True) -> dict[str, System]:
+class ExponentSource:
+    """g ** gamma on top of a model's gains (gamma > 1 suppresses deeper); r unchanged."""
+
+    def __init__(self, inner: OnnxSource, gamma: float) -> None:
+        self.inner, self.gamma = inner, gamma
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __call__(self, frames: Any) -> Any:
+        g, r = self.inner(frames)
+        return np.power(g, self.gamma), r
+
+
+class ContrastSource:
+    """sqrt(g) stretched from [lo, hi] to [0, 1] (clipped), then squared: band gains the
+    model leaves near 1 go to 1, those near 0 go to 0; r unchanged."""
+
+    def __init__(self, inner: OnnxSource, lo: float, hi: float) -> None:
+        self.inner, self.lo, self.hi = inner, lo, hi
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __call__(self, frames: Any) -> Any:
+        g, r = self.inner(frames)
+        s = np.clip((np.sqrt(g) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        return s * s, r
+
+
+def systems(
+    models: Sequence[Path],
+    dfn: bool,
+    oracle: bool = True,
+    gammas: Sequence[float] = (1.0,),
+    contrasts: Sequence[tuple[float, float]] = (),
+) -> dict[str, System]:
     rn = RNNoiseReference()
     out: dict[str, System] = {
         "noisy": lambda y, _x: y,
@@ -265,10 +301,27 @@ def systems(models: Sequence[Path], dfn: bool, oracle: bool = True) -> dict[str,
         model = load_model(path)
         name = path.stem if path.parent.name == "models" else f"{path.parent.name}/{path.stem}"
 
-        def run(y: FloatArray, _x: FloatArray, model: Any = model) -> FloatArray:
-            return np.asarray(enhance_signal(y, OnnxSource(model)), np.float64)
+        for gamma in gammas:
 
-        out[name] = run
+            def run(
+                y: FloatArray, _x: FloatArray, model: Any = model, gm: float = gamma
+            ) -> FloatArray:
+                source = OnnxSource(model)
+                return np.asarray(
+                    enhance_signal(y, source if gm == 1.0 else ExponentSource(source, gm)),
+                    np.float64,
+                )
+
+            out[name if gamma == 1.0 else f"{name} g^{gamma:g}"] = run
+        for lo, hi in contrasts:
+
+            def run_c(
+                y: FloatArray, _x: FloatArray, model: Any = model, lo: float = lo, hi: float = hi
+            ) -> FloatArray:
+                source = ContrastSource(OnnxSource(model), lo, hi)
+                return np.asarray(enhance_signal(y, source), np.float64)
+
+            out[f"{name} c{lo:g}:{hi:g}"] = run_c
     return out
 
 
@@ -318,8 +371,14 @@ def score_item(it: Item, runs: dict[str, System]) -> list[dict[str, Any]]:
 _WORKER_RUNS: dict[str, System] = {}
 
 
-def _worker_init(models: Sequence[Path], dfn: bool, oracle: bool) -> None:
-    _WORKER_RUNS.update(systems(models, dfn, oracle))
+def _worker_init(
+    models: Sequence[Path],
+    dfn: bool,
+    oracle: bool,
+    gammas: Sequence[float],
+    contrasts: Sequence[tuple[float, float]],
+) -> None:
+    _WORKER_RUNS.update(systems(models, dfn, oracle, gammas, contrasts))
 
 
 def _worker_item(it: Item) -> list[dict[str, Any]]:
@@ -333,6 +392,8 @@ def run(
     oracle: bool = True,
     jobs: int = 1,
     log: bool = True,
+    gammas: Sequence[float] = (1.0,),
+    contrasts: Sequence[tuple[float, float]] = (),
 ) -> list[dict[str, Any]]:
     """Score all items; `jobs` processes each hold their own systems (items in order)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -350,12 +411,14 @@ def run(
             )
 
     if jobs <= 1:
-        runs = systems(models, dfn, oracle)
+        runs = systems(models, dfn, oracle, gammas, contrasts)
         for i, it in enumerate(items):
             rows += score_item(it, runs)
             note(i, it)
         return rows
-    with ProcessPoolExecutor(jobs, initializer=_worker_init, initargs=(models, dfn, oracle)) as ex:
+    with ProcessPoolExecutor(
+        jobs, initializer=_worker_init, initargs=(models, dfn, oracle, gammas, contrasts)
+    ) as ex:
         for i, (it, part) in enumerate(zip(items, ex.map(_worker_item, items), strict=True)):
             rows += part
             note(i, it)
@@ -410,6 +473,13 @@ def report(rows: Sequence[dict[str, Any]], title: str) -> str:
     return "\n".join(parts)
 
 
+def parse_contrast(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(":"))
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"contrast {text!r}: need 0 <= LO < HI <= 1")
+    return lo, hi
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -428,6 +498,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="shared data folder")
     p.add_argument("--cache", default=None, help="corpus cache (default: cache/)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument(
+        "--gammas",
+        type=float,
+        nargs="*",
+        default=[1.0],
+        help="also run each model with its gains raised to these powers (default: 1 only)",
+    )
+    p.add_argument(
+        "--contrasts",
+        nargs="*",
+        default=[],
+        metavar="LO:HI",
+        help="also run each model with sqrt(g) stretched from [LO, HI] to [0, 1]",
+    )
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--md", default=None, help="write the report as markdown here")
     args = p.parse_args(argv)
@@ -437,7 +521,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = build_items(args.split, args.n, cfg)
     models = [Path(m) for m in args.models]
     t0 = time.monotonic()
-    rows = run(items, models, dfn=not args.no_dfn, oracle=not args.no_oracle, jobs=args.jobs)
+    rows = run(
+        items,
+        models,
+        dfn=not args.no_dfn,
+        oracle=not args.no_oracle,
+        jobs=args.jobs,
+        gammas=args.gammas,
+        contrasts=[parse_contrast(c) for c in args.contrasts],
+    )
     title = (
         f"Calls benchmark, {args.split} split, {len(items)} items ({time.monotonic() - t0:.0f} s)"
     )

@@ -101,6 +101,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from percepnet.train import load_checkpoint
 
     net, ckpt = load_checkpoint(Path(args.checkpoint))
+    if args.gain_map is not None:
+        from dataclasses import replace
+
+        lo, hi = args.gain_map
+        if not 0.0 <= lo < hi <= 1.0:
+            print("percepnet export: --gain-map needs 0 <= LO < HI <= 1", file=sys.stderr)
+            return 2
+        net.config = replace(net.config, gain_lo=lo, gain_hi=hi)
     info = {"training": ckpt.get("train_state", {}), "train_config": ckpt.get("train_config", {})}
     info["training"] = {k: v for k, v in info["training"].items() if k != "history"}
     manifest = export_all(net, Path(args.out_dir), args.stem, info)
@@ -336,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="models", help="output folder (default: models)")
     p.add_argument(
         "--stem", default="percepnet", help="file name stem of the models (default: percepnet)"
+    )
+    p.add_argument(
+        "--gain-map",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="gain calibration baked into the model: sqrt(g) stretched from [LO, HI] to "
+        "[0, 1] (default: the checkpoint's, normally none)",
     )
     p.set_defaults(func=_cmd_export)
     return parser

@@ -51,6 +51,32 @@ def test_onnx_agrees_with_torch_and_int8_stays_close(exported) -> None:
     assert compare(net, OnnxModel(out / "tiny-int8.onnx"), frames=100) < 0.1
 
 
+def test_gain_calibration_is_baked_into_the_export(tmp_path: Path) -> None:
+    """--gain-map: the exported graph's gains are the network's, with sqrt(g) stretched
+    from [lo, hi] to [0, 1]; strengths unchanged; the identity changes nothing."""
+    from dataclasses import replace
+
+    torch.manual_seed(4)
+    net = PercepNet(TINY)
+    feats = torch.randn(2, 50, NB_FEATURES)
+    with torch.no_grad():
+        raw = net(feats)
+    net.config = replace(net.config, gain_lo=0.2, gain_hi=0.8)
+    export_all(net, tmp_path, "cal")
+    model = OnnxModel(tmp_path / "cal.onnx")
+    states = [model.initial_state() for _ in range(2)]
+    for j in range(50):
+        g, r, states = model.step_many(feats[:, j].numpy(), states)
+        s = np.clip((np.sqrt(raw.gains[:, j].numpy()) - 0.2) / 0.6, 0.0, 1.0)
+        np.testing.assert_allclose(g, s * s, atol=1e-5)
+        np.testing.assert_allclose(r, raw.strengths[:, j].numpy(), atol=1e-5)
+    assert json.loads((tmp_path / "cal.json").read_text())["config"]["gain_lo"] == 0.2
+    net.config = replace(net.config, gain_lo=0.0, gain_hi=1.0)
+    with torch.no_grad():
+        same = net(feats)
+    assert torch.equal(same.gains, raw.gains)
+
+
 def test_streaming_equals_whole_file_with_model_in_loop(exported) -> None:
     _, out = exported
     rng = np.random.default_rng(4)

@@ -13,7 +13,7 @@ What it builds (fixed and seeded; the same items every run):
   uniformly.
 - SNR uniform 0-15 dB (15 % of items 15-25 dB); active speech level -35 to -15 dBFS.
 - A measured room impulse response of the split (rooms with RT60 <= 1 s) on half the
-  items (the reference is the dry speech aligned with the room's direct path, as in a
+  items (the reference is the speech through the room's direct path alone, as in a
   loudspeaker re-recording scored against its source).
 - Three input bandwidths, a third each: telephone (the whole mixture at 8 kHz),
   wideband (16 kHz) and fullband (48 kHz; fullband voices only).
@@ -101,9 +101,21 @@ MIN_NOISE_S = 4.0
 """Not call-like, so left out of the benchmark (they remain training noise): music, game
 effects, single animal calls and unit voices; noise files shorter than MIN_NOISE_S
 (sound effects, not a background)."""
+DIRECT_S = 0.0025
+"""The direct path of a measured response: up to this long after its peak."""
 MAX_RT60_S = 1.0
-"""Rooms of a call: measured responses of halls and churches (RT60 of 1.4-8 s) are left
-out."""
+MIN_EARLY_FRACTION = 0.35
+"""Rooms of a call: measured responses of halls and churches (RT60 of 1.4-8 s), and
+those taken far from the source (less than 35 % of the energy within 5 ms of the direct
+sound), are left out."""
+
+
+def early_fraction(h: FloatArray) -> float:
+    """Share of a response's energy within 5 ms of its peak (direct sound and the first
+    reflections): how close the talker is to the microphone."""
+    peak = int(np.argmax(np.abs(h)))
+    e = h[max(0, peak - 48) : peak + round(0.005 * SAMPLE_RATE)]
+    return float(np.sum(e**2) / (np.sum(h**2) + 1e-20))
 
 
 def noise_family(entry: Entry) -> str:
@@ -196,9 +208,13 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
             by_family.setdefault(family, []).append(e)
     families = sorted(by_family)
     bank = RirBank.for_split(cfg, split, every)
-    rooms = [i for i in range(len(bank)) if bank.rt60[i] <= MAX_RT60_S]
+    rooms = [
+        i
+        for i in range(len(bank))
+        if bank.rt60[i] <= MAX_RT60_S and early_fraction(bank.rirs[i]) >= MIN_EARLY_FRACTION
+    ]
     if not rooms:
-        raise RuntimeError(f"split {split!r} has no measured room with RT60 <= {MAX_RT60_S} s")
+        raise RuntimeError(f"split {split!r} has no measured room that fits a call")
     rng = np.random.default_rng(SEEDS[split])
     items = []
     names = list(BANDWIDTHS)
@@ -215,9 +231,10 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
             h, _ = bank.pair(rooms[int(rng.integers(len(rooms)))])
             peak = int(np.argmax(np.abs(h)))
             y_s = np.convolve(s, h)[: len(s)]
-            # Reference: the dry speech where the direct path puts it, at its level.
-            x = np.zeros_like(s)
-            x[peak:] = s[: len(s) - peak] * h[peak]
+            # Reference: the speech through the direct path alone (its first 2.5 ms: a
+            # measured response smears the direct sound over a few samples).
+            direct = h[: peak + round(DIRECT_S * SAMPLE_RATE)]
+            x = np.convolve(s, direct)[: len(s)]
         else:
             y_s, x = s, s.copy()
         noise = _noise_of(noise_entry, speech, cfg, rng, len(s))

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.signal
 
 from percepnet.audio import resample
 from percepnet.constants import SAMPLE_RATE
@@ -230,11 +231,11 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
         if room:
             h, _ = bank.pair(rooms[int(rng.integers(len(rooms)))])
             peak = int(np.argmax(np.abs(h)))
-            y_s = np.convolve(s, h)[: len(s)]
+            y_s = scipy.signal.oaconvolve(s, h)[: len(s)]
             # Reference: the speech through the direct path alone (its first 2.5 ms: a
             # measured response smears the direct sound over a few samples).
             direct = h[: peak + round(DIRECT_S * SAMPLE_RATE)]
-            x = np.convolve(s, direct)[: len(s)]
+            x = scipy.signal.oaconvolve(s, direct)[: len(s)]
         else:
             y_s, x = s, s.copy()
         noise = _noise_of(noise_entry, speech, cfg, rng, len(s))

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-streams",
         type=int,
-        help=f"concurrent streams, all workers ({STREAMS_PER_CORE} per worker)",
+        help=f"concurrent streams, all workers (default: {STREAMS_PER_CORE} per worker)",
     )
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument(
@@ -256,19 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtp-allow",
         action="append",
         help="CIDR the RTP sidecar may send to; repeatable (env: comma-separated "
-        "PERCEPNET_RTP_ALLOW). Default: loopback only; multicast/broadcast never",
+        "PERCEPNET_RTP_ALLOW; default: loopback only). Multicast and broadcast never",
     )
-    p.add_argument("--max-pending", type=int, help="not-yet-connected sessions per worker (16)")
+    p.add_argument(
+        "--max-pending", type=int, help="not-yet-connected sessions per worker (default: 16)"
+    )
     p.add_argument(
         "--max-pending-per-client",
         type=int,
-        help="not-yet-connected sessions of one client address per worker (4)",
+        help="not-yet-connected sessions of one client address per worker (default: 4)",
     )
     p.add_argument(
         "--connect-timeout",
         dest="connect_timeout_s",
         type=float,
-        help="seconds a session may take to connect or send its first RTP (10)",
+        help="seconds a session may take to connect or send its first RTP (default: 10)",
     )
     p.add_argument(
         "--offload",

@@ -34,6 +34,7 @@ from aiortc.rtp import RtpPacket, is_rtcp
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
+from server.app import MANAGER_KEY
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
 from server.rtp import RTP_KEY, OpusDecoder, OpusEncoder, RtpSettings
@@ -226,7 +227,7 @@ async def through_the_room(
         assert sender.returncode == 0, err.decode()
         await asyncio.sleep(0.6)  # the tail: sidecar delay, Janus's prebuffer and mixer
         status, record = await asyncio.to_thread(
-            bridge._request, f"{service_url}/v1/rtp-sessions/{side['id']}", method="GET"
+            bridge._request, f"{service_url}/v1/rtp-sessions/{side['session']}", method="GET"
         )
         assert status == 200
     finally:
@@ -238,7 +239,7 @@ async def through_the_room(
             sender.kill()
             await sender.wait()
         if side is not None:
-            await asyncio.to_thread(bridge.close_sidecar, service_url, side["id"])
+            await asyncio.to_thread(bridge.close_sidecar, service_url, side["session"])
         await asyncio.to_thread(talker.leave)
         await asyncio.to_thread(listener.leave)
         listen_tr.close()
@@ -307,8 +308,8 @@ async def test_bridge_script_joins_the_room_and_cleans_up(tmp_path: Path) -> Non
                 line = (await proc.stdout.readline()).decode()
             m = re.search(r"to 127\.0\.0\.1:(\d+); it enters the room cleaned", line)
             assert m, line
-            streams = (await srv.get("/streams"))[1]
-            (stream,) = streams["streams"]
+            # /streams lists sessions only to an operator; ask the worker's manager
+            (stream,) = [x.snapshot() for x in srv.app[MANAGER_KEY].sessions.values()]
             assert stream["kind"] == "rtp"
             # the room has the talker: ask Janus from a session of our own
             probe = bridge.JanusParticipant(janus_url)

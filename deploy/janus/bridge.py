@@ -209,7 +209,8 @@ def open_sidecar(
     enabled: bool = True,
 ) -> dict[str, Any]:
     """POST /v1/rtp-sessions: cleaned RTP to host:port. Returns the service's record
-    (its "port" is where the talker's RTP goes, "id" ends it)."""
+    (its "port" is where the talker's RTP goes; its "session" key, a capability, reads
+    and ends it)."""
     body = {"host": host, "port": port, "payload_type": payload_type, "enabled": enabled}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     status, info = _request(percepnet_url.rstrip("/") + "/v1/rtp-sessions", body, headers=headers)
@@ -218,9 +219,9 @@ def open_sidecar(
     return dict(info)
 
 
-def close_sidecar(percepnet_url: str, session_id: str, token: str | None = None) -> None:
+def close_sidecar(percepnet_url: str, session_key: str, token: str | None = None) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = f"{percepnet_url.rstrip('/')}/v1/rtp-sessions/{session_id}"
+    url = f"{percepnet_url.rstrip('/')}/v1/rtp-sessions/{session_key}"
     with contextlib.suppress(BridgeError, OSError):  # already ended (idle timeout, drain)
         _request(url, method="DELETE", headers=headers)
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(KEEPALIVE_S):
             participant.keepalive()
     finally:
-        close_sidecar(args.percepnet, side["id"], args.token)
+        close_sidecar(args.percepnet, side["session"], args.token)
         participant.leave()
         relay.close()
     return 0

@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.client import ClientPeer, ClipTrack  # noqa: E402
+from server.client import ClientPeer, ClipTrack, candidate_less_offer  # noqa: E402
 from server.clips import speech_like  # noqa: E402
 
 FRAME_OUTCOMES = ("failed", "bypassed", "processed")
@@ -83,17 +83,6 @@ def scrape(url: str) -> dict[str, float]:
             series, _, value = line.rpartition(" ")
             out[series] = out.get(series, 0.0) + float(value)
     return out
-
-
-async def candidate_less_offer() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return "\r\n".join(ln for ln in sdp.splitlines() if not ln.startswith("a=candidate")) + "\r\n"
 
 
 async def abandon(http: aiohttp.ClientSession, url: str, offer: str, n: int) -> list[int]:

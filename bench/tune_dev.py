@@ -15,29 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.calls import ExponentSource  # noqa: E402
 from bench.quality import System, eval_set, evaluate, noisy_input, rnnoise  # noqa: E402
-from percepnet.analysis import Frames  # noqa: E402
-from percepnet.enhancer import GainPair, GainSource, enhance_signal  # noqa: E402
+from percepnet.enhancer import enhance_signal  # noqa: E402
 from percepnet.runtime import OnnxModel, OnnxSource, load_model  # noqa: E402
-
-
-class ExponentSource:
-    """g ** gamma on top of another source's gains; strengths unchanged."""
-
-    def __init__(self, inner: GainSource, gamma: float) -> None:
-        self.inner, self.gamma = inner, gamma
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def __call__(self, frames: Frames) -> GainPair:
-        g, r = self.inner(frames)
-        return np.power(g, self.gamma), r
 
 
 def variants(model: OnnxModel, gammas: list[float]) -> dict[str, System]:

@@ -278,3 +278,15 @@ class SignallingError(Exception):
         super().__init__(f"signalling failed: HTTP {status}: {body[:200]}")
         self.status = status
         self.body = body
+
+
+async def candidate_less_offer() -> str:
+    """An audio offer SDP with no ICE candidates: a peer that will never connect (the
+    lockout and abandoned-offer cases of the security tests and the soak benchmark)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    lines = [ln for ln in sdp.splitlines() if not ln.startswith(("a=candidate", "a=end-of"))]
+    return "\r\n".join(lines) + "\r\n"

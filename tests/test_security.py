@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 from aioice.stun import Message as StunMessage
 from aioice.stun import parse_message
-from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
-from server.client import ClientPeer, ClipTrack
+from server.client import ClientPeer, ClipTrack, candidate_less_offer
 from server.clips import speech_like
 from server.config import Config, ConfigError, load_config
 from server.rtp import RTP_KEY, OpusEncoder, RtpSettings
@@ -64,17 +63,6 @@ async def http_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
-
-
-async def candidate_less_offer() -> str:
-    """An audio offer SDP with no ICE candidates (the ICE of the lockout finding)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    lines = [ln for ln in sdp.splitlines() if not ln.startswith(("a=candidate", "a=end-of"))]
-    return "\r\n".join(lines) + "\r\n"
 
 
 def secret_bits(key: str) -> int:

@@ -534,14 +534,16 @@ async def test_full_server_refuses_with_503_and_retry_after() -> None:
 async def test_drain_refuses_new_sessions_and_closes_old_ones() -> None:
     async with serve() as srv:
         peer = await ClientPeer.connect(srv.url, ClipTrack(CLIP))
-        drain = asyncio.create_task(srv.manager.drain(0.5))
-        await asyncio.sleep(0.1)
+        # The drain timeout leaves room for a loaded CI machine: the refused offer
+        # below gathers ICE candidates first, which took over 0.4 s in one CI run.
+        drain = asyncio.create_task(srv.manager.drain(3.0))
+        await asyncio.sleep(0.05)
         status, _, _ = await srv.get("/readyz")
         assert status == 503
+        assert srv.manager.active == 1  # the running stream is left to finish...
         with pytest.raises(SignallingError) as err:
             await ClientPeer.connect(srv.url, ClipTrack(CLIP))
         assert err.value.status == 503
-        assert srv.manager.active == 1  # the running stream is left to finish...
         await drain
         assert srv.manager.active == 0  # ...until the drain timeout
         await peer.close(hang_up=False)

@@ -6,11 +6,18 @@
 What it builds (fixed and seeded; the same items every run):
 - Speech of the split's speakers only (`percepnet data` splits by speaker): one
   speaker's clips joined to about 6 s.
-- Recorded noise of the split's noise files (never used in training: splits are
-  disjoint by file), labelled by family from its source and name (machine, traffic,
-  wind and rain, water, domestic, nature, coloured, ambience; music and game effects
-  left out), or babble made of 4-6 other speakers of the split; families drawn
-  uniformly.
+- Noise of a call, families drawn uniformly:
+  - recorded noise of the split's noise files (never used in training: splits are
+    disjoint by file), labelled by family from its source and name; only the steady
+    backgrounds of calls are kept (machine, traffic, wind and rain, water, domestic,
+    coloured); music, game effects, animal calls and game ambiences full of bird song
+    are left out (they stay training noise);
+  - babble of 8-16 other speakers of the split, each through a measured room of the
+    split (a restaurant or a station hall: diffuse, not a second close talker);
+  - vehicle and machine noise made here (`vehicle_noise`, `machine_noise`): engine
+    harmonics over road or cabin rumble, fans and motors with blade tones. The data
+    holds almost no recorded engine, cabin or factory noise, and training never uses
+    these generators.
 - SNR uniform 0-15 dB (15 % of items 15-25 dB); active speech level -35 to -15 dBFS.
 - A measured room impulse response of the split (rooms with RT60 <= 1 s) on half the
   items (the reference is the speech through the room's direct path alone, as in a
@@ -83,6 +90,7 @@ ROOM_SHARE = 0.5
 SEEDS = {"dev": 11, "test": 23}
 
 FAMILIES: Sequence[tuple[str, tuple[str, ...]]] = (
+    ("nature", ("humpback", "whale")),
     ("machine", ("hum", "fan", "engine", "motor", "bike", "machine", "electro", "generator")),
     ("traffic", ("car", "traffic", "street", "train", "road", "city", "town")),
     ("wind-rain", ("wind", "rain", "storm", "thunder", "weather")),
@@ -96,7 +104,10 @@ FAMILIES: Sequence[tuple[str, tuple[str, ...]]] = (
 
 
 AMBIENCE_SOURCES = ("0ad_ambient", "redeclipse_ambience")
-SKIPPED_FAMILIES = ("music", "other")
+CALL_FAMILIES = ("machine", "traffic", "wind-rain", "water", "domestic", "coloured")
+"""Recorded families kept: the steady backgrounds of real calls."""
+GENERATED_FAMILIES = ("vehicle", "fan-motor")
+BABBLE_TALKERS = (8, 16)
 EFFECT_SOURCES = ("tuxpaint_fx", "hedgewars_sounds")
 MIN_NOISE_S = 4.0
 """Not call-like, so left out of the benchmark (they remain training noise): music, game
@@ -169,11 +180,14 @@ def _noise_of(
     cfg: DataConfig,
     rng: np.random.Generator,
     n: int,
+    bank: RirBank,
 ) -> FloatArray:
-    if entry is None:  # babble: 4-6 talkers of the split
+    if entry is None:  # babble: many talkers of the split, each far off in a room
         out = np.zeros(n)
-        for _ in range(int(rng.integers(4, 7))):
+        for _ in range(int(rng.integers(BABBLE_TALKERS[0], BABBLE_TALKERS[1] + 1))):
             x = _speech_of(speech, cfg, rng)
+            h, _ = bank.pair(int(rng.integers(len(bank))))
+            x = scipy.signal.oaconvolve(x, h)[: len(x)]
             x = np.roll(np.pad(x, (0, max(0, n - len(x))))[:n], int(rng.integers(n)))
             out += x * 10 ** (rng.uniform(-4, 0) / 20)
         return out
@@ -183,6 +197,69 @@ def _noise_of(
         x = np.tile(x, n // max(1, len(x)) + 1)
     start = int(rng.integers(0, len(x) - n + 1))
     return np.asarray(x[start : start + n])
+
+
+def _smooth_envelope(n: int, rng: np.random.Generator, peaks: int) -> FloatArray:
+    """A random smooth spectral envelope over rfft bins: a few broad resonances (the
+    cabin, the housing) on a falling slope."""
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    logf = np.log2(np.maximum(f, 20.0))
+    env = -rng.uniform(3.0, 7.0) * (logf - np.log2(100.0))  # dB, falling per octave
+    for _ in range(peaks):
+        centre = rng.uniform(np.log2(80.0), np.log2(4000.0))
+        env += rng.uniform(3.0, 12.0) * np.exp(
+            -0.5 * ((logf - centre) / rng.uniform(0.2, 0.8)) ** 2
+        )
+    return np.asarray(10 ** (env / 20))
+
+
+def _shaped(n: int, rng: np.random.Generator, envelope: FloatArray) -> FloatArray:
+    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * envelope, n)
+    return np.asarray(x / (np.sqrt(np.mean(x**2)) + 1e-20))
+
+
+def vehicle_noise(n: int, rng: np.random.Generator) -> FloatArray:
+    """A car, bus, train or aircraft cabin: rumble shaped by a few resonances, engine
+    firing harmonics (25-120 Hz fundamental, slow rev drift) 5-15 dB under it."""
+    t = np.arange(n) / SAMPLE_RATE
+    rumble = _shaped(n, rng, _smooth_envelope(n, rng, int(rng.integers(2, 5))))
+    f0 = rng.uniform(25.0, 120.0) * (1 + 0.04 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    decay = rng.uniform(2.0, 6.0)  # dB per harmonic
+    engine = np.zeros(n)
+    for k in range(1, 40):
+        if k * f0.max() >= 4000.0:
+            break
+        engine += (
+            10 ** (-decay * (k - 1) / 20)
+            * rng.uniform(0.3, 1.0)
+            * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+        )
+    engine /= np.sqrt(np.mean(engine**2)) + 1e-20
+    x = rumble + 10 ** (-rng.uniform(5.0, 15.0) / 20) * engine
+    return np.asarray(x / np.sqrt(np.mean(x**2)))
+
+
+def machine_noise(n: int, rng: np.random.Generator) -> FloatArray:
+    """A fan, air conditioner, projector or factory floor: broadband noise shaped by
+    resonances, a motor tone and blade-pass tones with harmonics, slowly wavering."""
+    t = np.arange(n) / SAMPLE_RATE
+    base = _shaped(n, rng, _smooth_envelope(n, rng, int(rng.integers(3, 7))))
+    tones = np.zeros(n)
+    for _ in range(int(rng.integers(1, 4))):
+        f = rng.uniform(90.0, 1500.0) * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t))
+        phase = 2 * np.pi * np.cumsum(f) / SAMPLE_RATE
+        for k in range(1, 4):
+            tones += rng.uniform(0.1, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+    tones /= np.sqrt(np.mean(tones**2)) + 1e-20
+    x = base + 10 ** (-rng.uniform(3.0, 15.0) / 20) * tones
+    return np.asarray(x / np.sqrt(np.mean(x**2)))
+
+
+GENERATORS: dict[str, Callable[[int, np.random.Generator], FloatArray]] = {
+    "vehicle": vehicle_noise,
+    "fan-motor": machine_noise,
+}
 
 
 def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
@@ -202,10 +279,12 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
     ]
     if not speech or not noises or not fullband:
         raise RuntimeError(f"split {split!r} lacks speech, fullband speech or noise")
-    by_family: dict[str, list[Entry | None]] = {"babble": [None]}
+    by_family: dict[str, list[Entry | str | None]] = {"babble": [None]}
+    for name in GENERATED_FAMILIES:
+        by_family[name] = [name]
     for e in noises:
         family = noise_family(e)
-        if family not in SKIPPED_FAMILIES:
+        if family in CALL_FAMILIES:
             by_family.setdefault(family, []).append(e)
     families = sorted(by_family)
     bank = RirBank.for_split(cfg, split, every)
@@ -238,7 +317,10 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
             x = scipy.signal.oaconvolve(s, direct)[: len(s)]
         else:
             y_s, x = s, s.copy()
-        noise = _noise_of(noise_entry, speech, cfg, rng, len(s))
+        if isinstance(noise_entry, str):
+            noise = GENERATORS[noise_entry](len(s), rng)
+        else:
+            noise = _noise_of(noise_entry, speech, cfg, rng, len(s), bank)
         high = rng.random() < HIGH_SNR_SHARE
         snr = float(rng.uniform(*(HIGH_SNR_DB if high else SNR_DB)))
         p_s = 10 ** (active_level_db(y_s, SAMPLE_RATE) / 10)

@@ -258,6 +258,12 @@ def train(
         log(json.dumps(entry))
         with (out_dir / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
+        # Every evaluation's weights are kept, so a benchmark can choose among them.
+        save_checkpoint(
+            out_dir / f"step{state['step']:06d}.pt",
+            net,
+            {"train_state": dict(state), "train_config": _cfg_dict(cfg)},
+        )
         if pesq > state["best_pesq"]:
             state["best_pesq"] = pesq
             save_checkpoint(best, net, {"train_state": dict(state), "train_config": _cfg_dict(cfg)})

@@ -6,11 +6,12 @@ browser)" once a second: the mean time the samples Chromium played in that secon
 spent in its jitter buffer (WebRTC stats: jitterBufferDelay / jitterBufferEmittedCount).
 Once with each server receive buffer, so their effect on the browser's side shows.
 
-    python bench/browser_playout.py [--seconds 20] [--repeats 2]
+    python -m bench.browser_playout [--seconds 20] [--repeats 2]
 
 The two buffers alternate, and their order flips each repeat.
 
-Needs Debian's chromium and playwright, as tests/test_browser.py does.
+Needs Debian's chromium (or PERCEPNET_CHROMIUM) and playwright, as tests/test_browser.py
+does.
 """
 
 from __future__ import annotations
@@ -24,18 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from aiohttp.test_utils import TestServer
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from aiohttp.test_utils import TestServer  # noqa: E402
-
-from percepnet.constants import SAMPLE_RATE  # noqa: E402
-from percepnet.runtime import load_enhancer_factory  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
-from server.config import Config  # noqa: E402
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, noisy_speech
+from percepnet.constants import SAMPLE_RATE
+from percepnet.runtime import load_enhancer_factory
+from server.app import create_app
+from server.config import Config
 
 SETTLED_AFTER_S = 8
 """Readings from this second on count as the settled figure."""
@@ -81,7 +77,7 @@ def main() -> int:
         print(f"no Chromium at {CHROMIUM}", file=sys.stderr)
         return 1
     wav = Path(tempfile.mkdtemp()) / "noisy.wav"
-    noisy = mix_at_snr(speech_like(4.0, seed=11, level=0.3), white_noise(4.0, 1.0, seed=12), 5.0)
+    noisy = noisy_speech(4.0, seed=11, snr_db=5.0, level=0.3)
     sf.write(wav, np.clip(noisy, -1, 1), SAMPLE_RATE, subtype="PCM_16")
     settled: dict[str, list[float]] = {"relay": [], "aiortc": []}
     for r in range(args.repeats):

@@ -49,7 +49,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,24 +58,17 @@ import numpy as np
 import numpy.typing as npt
 import scipy.signal
 
+from bench.common import REPO, System, peers
 from percepnet.audio import resample
 from percepnet.constants import SAMPLE_RATE
 from percepnet.data.corpus import DataConfig, Entry, active_level_db, load_manifest, read_mono
 from percepnet.data.rooms import RirBank
 from percepnet.enhancer import OracleSource, enhance_signal
-from percepnet.metrics import (
-    DeepFilterNetReference,
-    RNNoiseReference,
-    dnsmos,
-    pesq_at,
-    si_sdr,
-    stoi,
-)
+from percepnet.metrics import dnsmos, pesq_at, si_sdr, stoi
 from percepnet.runtime import OnnxSource, load_model
 
 FloatArray = npt.NDArray[np.float64]
 
-REPO = Path(__file__).resolve().parents[1]
 BANDWIDTHS = {"8k": 8000, "16k": 16000, "full": SAMPLE_RATE}
 """Input bandwidth label -> the rate the input file has."""
 FULLBAND_MIN_HZ = 14000.0
@@ -346,10 +339,6 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
     return items
 
 
-System = Callable[[FloatArray, FloatArray], FloatArray]
-"""(noisy, clean), both at 48 kHz and aligned -> enhanced at 48 kHz, aligned."""
-
-
 class ExponentSource:
     """g ** gamma on top of a model's gains (gamma > 1 suppresses deeper); r unchanged."""
 
@@ -387,14 +376,7 @@ def systems(
     gammas: Sequence[float] = (1.0,),
     contrasts: Sequence[tuple[float, float]] = (),
 ) -> dict[str, System]:
-    rn = RNNoiseReference()
-    out: dict[str, System] = {
-        "noisy": lambda y, _x: y,
-        "rnnoise": lambda y, _x: rn.enhance(y),
-    }
-    if dfn:
-        df = DeepFilterNetReference()
-        out["deepfilternet3"] = lambda y, _x: df.enhance(y)
+    out = peers(dfn)
     if oracle:
         out["oracle"] = lambda y, x: np.asarray(enhance_signal(y, OracleSource(x)), np.float64)
     for path in models:

@@ -10,9 +10,9 @@ whole run, and measures windows of --seconds each, alternating:
 For each window it prints the frames the steady streams passed through late
 (pass-through peers never count as late, so every late frame is a steady stream's), the
 event-loop lag p99 and the largest lag the server saw. With --pin the server runs
-on core 0 and both clients on core 1, as bench_service.py --pin does.
+on core 0 and both clients on core 1, as bench.service_load --pin does.
 
-    python bench/churn.py --streams 8 --seconds 20 --repeats 2 --pin
+    python -m bench.churn --streams 8 --seconds 20 --repeats 2 --pin
 """
 
 from __future__ import annotations
@@ -20,36 +20,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_service import delta, free_port, quantile, scrape, wait_ready  # noqa: E402
+from bench.common import (
+    REPO,
+    delta,
+    free_port,
+    noisy_speech,
+    quantile,
+    scrape,
+    server_command,
+    start_server,
+    wait_ready,
+)
 
 LATE = 'percepnet_frames_total{outcome="bypassed"}'
 PROCESSED = 'percepnet_frames_total{outcome="processed"}'
 LAG = "percepnet_event_loop_lag_seconds"
 
 
-def noisy_clip(seed: int) -> np.ndarray:
-    """4 s of speech-like signal in white noise at 10 dB SNR, for a looping ClipTrack."""
-    from server.clips import mix_at_snr, speech_like, white_noise
-
-    return mix_at_snr(speech_like(4.0, seed=seed), white_noise(4.0, 1.0, seed=seed + 1), 10.0)
-
-
 async def churn(url: str, until: float) -> int:
     """Join, hold 1 s, leave, wait 1 s, until `until` (monotonic): the peers it made."""
     from server.client import ClientPeer, ClipTrack
 
-    clip = noisy_clip(seed=3)
+    clip = noisy_speech(4.0, seed=3)
     made = 0
     while time.monotonic() < until - 2.0:
         peer = await ClientPeer.connect(url, ClipTrack(clip, loop=True), mode="passthrough")
@@ -68,7 +63,7 @@ def churn_main(url: str, seconds: float) -> None:
 async def steady_windows(args: argparse.Namespace, url: str) -> list[dict[str, object]]:
     from server.client import ClientPeer, ClipTrack
 
-    clip = noisy_clip(seed=1)
+    clip = noisy_speech(4.0, seed=1)
     peers = [
         await ClientPeer.connect(url, ClipTrack(clip, loop=True), mode="enhance")
         for _ in range(args.streams)
@@ -83,8 +78,9 @@ async def steady_windows(args: argparse.Namespace, url: str) -> list[dict[str, o
                 if kind == "churn":
                     churner = await asyncio.create_subprocess_exec(
                         *(["nice", "-n", str(args.churn_nice)] if args.churn_nice else []),
-                        sys.executable, __file__, "--churn-client", url, str(args.seconds),
-                        stdout=asyncio.subprocess.PIPE,
+                        sys.executable, "-m", "bench.churn", "--churn-client", url,
+                        str(args.seconds),
+                        stdout=asyncio.subprocess.PIPE, cwd=REPO,
                     )  # fmt: skip
                 await asyncio.sleep(args.seconds)
                 after = scrape(url)
@@ -136,17 +132,12 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--max-streams", "64", "--log-level", "ERROR"]  # fmt: skip
+    cmd = server_command(port, "--max-streams", "64", "--log-level", "ERROR")
     cores = sorted(os.sched_getaffinity(0))
     if args.pin and len(cores) < 2:
         print("--pin needs 2 cores", file=sys.stderr)
         return 2
-    server = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {cores[0]})) if args.pin else None,
-    )
+    server = start_server(cmd, {cores[0]} if args.pin else None)
     if args.pin:
         os.sched_setaffinity(0, set(cores[1:]))  # this process and the churn client
     try:

@@ -5,7 +5,7 @@ as CPU time of this process (time.process_time_ns), so other load on the machine
 inflates them less than wall time would. Prints median and p99 per 10 ms of audio,
 the real-time factor (CPU time / audio time) and streams per core (1 / RTF).
 
-    python bench/cost.py [--seconds 20] [--model models/percepnet-int8.onnx]
+    python -m bench.cost [--seconds 20] [--model models/percepnet-int8.onnx]
 
 The systems run interleaved, one second of audio each in turn, so the machine's speed
 drifting during the run (it does here, by 2x at times) moves them together; the
@@ -32,14 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from percepnet.constants import FRAME_SIZE, SAMPLE_RATE  # noqa: E402
-from percepnet.enhancer import Enhancer, warm_up  # noqa: E402
-from percepnet.metrics import RNNoiseReference  # noqa: E402
-from percepnet.runtime import OnnxModel, OnnxSource, gains_for_many, load_model  # noqa: E402
-from tests.signals import add_noise, speechlike  # noqa: E402
+from bench.common import PACKET_FRAMES, REPO, markdown, noisy_speech, packets
+from percepnet.constants import FRAME_SIZE, NB_FEATURES, SAMPLE_RATE
+from percepnet.enhancer import Enhancer, warm_up
+from percepnet.metrics import RNNoiseReference
+from percepnet.runtime import OnnxModel, OnnxSource, gains_for_many, load_model
 
 FRAME_MS = 1000.0 * FRAME_SIZE / SAMPLE_RATE
 BLOCK_FRAMES = 100
@@ -78,7 +75,7 @@ def batched_streams(model: OnnxModel, n: int) -> Callable[[np.ndarray], object]:
 def model_batch(model: OnnxModel, n: int) -> Callable[[np.ndarray], object]:
     """One model frame for n streams in one run."""
     states = [model.initial_state() for _ in range(n)]
-    feats = np.zeros((n, 70), np.float32)
+    feats = np.zeros((n, NB_FEATURES), np.float32)
 
     def step(_chunk: np.ndarray) -> object:
         _, _, states[:] = model.step_many(feats, states)
@@ -120,10 +117,8 @@ def main() -> int:
     parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
     parser.add_argument("--float-model", default=str(REPO / "models" / "percepnet.onnx"))
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    clean = 0.3 * speechlike(args.seconds, rng)
-    x = add_noise(clean, 5.0, rng)
-    frames = x[: len(x) // (2 * FRAME_SIZE) * 2 * FRAME_SIZE].reshape(-1, FRAME_SIZE)
+    x = noisy_speech(args.seconds, snr_db=5.0, level=0.3)
+    frames = packets(x).reshape(-1, FRAME_SIZE)
 
     warm_up()  # compiled kernels: loaded (or compiled) before anything is timed
     # (name, step, frames per call, streams per call)
@@ -131,7 +126,12 @@ def main() -> int:
     dsp, dsp2 = Enhancer(), Enhancer()
     systems.append(("PercepNet DSP alone (unity gains)", lambda f: dsp.process(f[0]), 1, 1))
     systems.append(
-        ("PercepNet DSP alone, 20 ms packets", lambda f: dsp2.process_frames(f.reshape(-1)), 2, 1)
+        (
+            "PercepNet DSP alone, 20 ms packets",
+            lambda f: dsp2.process_frames(f.reshape(-1)),
+            PACKET_FRAMES,
+            1,
+        )
     )
     for label, path in (
         ("PercepNet DSP + int8 model", args.model),
@@ -143,16 +143,21 @@ def main() -> int:
         systems.append((label, lambda f, e=enh: e.process(f[0]), 1, 1))
         enh2 = Enhancer(OnnxSource(load_model(path)))
         systems.append(
-            (label + ", 20 ms packets", lambda f, e=enh2: e.process_frames(f.reshape(-1)), 2, 1)
+            (
+                label + ", 20 ms packets",
+                lambda f, e=enh2: e.process_frames(f.reshape(-1)),
+                PACKET_FRAMES,
+                1,
+            )
         )
         model = load_model(path)
-        systems.append((label + ", 4 streams batched", batched_streams(model, 4), 2, 4))
+        systems.append((label + ", 4 streams batched", batched_streams(model, 4), PACKET_FRAMES, 4))
         short = label.replace("PercepNet DSP + ", "model alone: ")
         systems.append((short, model_batch(model, 1), 1, 1))
         systems.append((short + ", 4 streams batched", model_batch(model, 4), 1, 4))
     rn = RNNoiseReference()
     systems.append(("RNNoise (pyrnnoise, per frame)", lambda f: rn.process_frame(f[0]), 1, 1))
-    systems.append(("aiortc pass-through (Opus dec+enc)", opus_passthrough(), 2, 1))
+    systems.append(("aiortc pass-through (Opus dec+enc)", opus_passthrough(), PACKET_FRAMES, 1))
 
     # Interleaved in blocks of 1 s of audio: a change in the machine's speed during the
     # run (frequent here) hits every system alike, so the ratios hold.
@@ -165,18 +170,16 @@ def main() -> int:
     reference = float(np.median(np.concatenate(costs["RNNoise (pyrnnoise, per frame)"])))
 
     print(f"{len(frames)} frames of {FRAME_MS:.0f} ms, CPU time per 10 ms of audio (one thread)\n")
-    print(
-        "| system | median (us) | p99 (us) | RTF (mean) | % of a core | streams/core | x RNNoise |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    header = ("system", "median (us)", "p99 (us)", "RTF (mean)", "% of a core", "streams/core",
+              "x RNNoise")  # fmt: skip
+    table = []
     for name, ns in rows:
         us = ns / 1000.0
         rtf = float(np.mean(us)) / (FRAME_MS * 1000.0)
-        print(
-            f"| {name} | {np.median(us):.0f} | {np.percentile(us, 99):.0f} | {rtf:.4f} | "
-            f"{100 * np.median(us) / (FRAME_MS * 1000):.2f} | {1 / rtf:.0f} | "
-            f"{np.median(ns) / reference:.2f} |"
-        )
+        table.append((name, f"{np.median(us):.0f}", f"{np.percentile(us, 99):.0f}", f"{rtf:.4f}",
+                      f"{100 * np.median(us) / (FRAME_MS * 1000):.2f}", f"{1 / rtf:.0f}",
+                      f"{np.median(ns) / reference:.2f}"))  # fmt: skip
+    print(markdown(header, table))
     return 0
 
 

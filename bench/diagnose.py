@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.calls import REPO, build_items
+from bench.calls import build_items
+from bench.common import REPO
 from percepnet.audio import resample
 from percepnet.bands import BAND_CENTRES
 from percepnet.constants import BIN_HZ, NB_FEATURES, SAMPLE_RATE

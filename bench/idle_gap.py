@@ -11,14 +11,15 @@ effect evicting the data caches alone explains.
 Systems:
 
 - the enhancer on one stream (analysis, two model runs, synthesis);
-- eight streams batched as a service worker runs them (per stream);
+- B streams batched as a service worker runs them (per stream), for each B of
+  --batches (server/batching.py pays a packet's cold start once per batch);
 - the model alone, one run of one stream;
 - ONNX Runtime's fixed cost of a run: a graph of one Add node (needs `onnx`);
 - aiortc's Opus decode + encode of the packet (the codec part of a pass-through);
-- a packet's FFTs (4 forward, 2 inverse) through scipy.fft, and through the pocketfft
-  entry points percepnet.stft calls directly.
+- a packet's FFTs (4 forward, 2 inverse) through scipy.fft, and through percepnet.stft
+  (which calls pocketfft's entry points directly where it can).
 
-    python bench/idle_gap.py [--packets 200] [--gaps 0,1,2,5,10,20] [--out F.json]
+    python -m bench.idle_gap [--packets 200] [--gaps 0,1,2,5,10,20] [--batches 8] [--out F.json]
 
 The gaps are interleaved (every gap in turn, repeatedly), so drift of the machine's
 speed hits them alike. Times are thread CPU time (time.thread_time_ns), medians.
@@ -35,17 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from cost import batched_streams, opus_passthrough  # noqa: E402
-
-from percepnet.constants import FRAME_SIZE, NB_FEATURES  # noqa: E402
-from percepnet.enhancer import Enhancer, warm_up  # noqa: E402
-from percepnet.runtime import OnnxSource, load_model  # noqa: E402
-from tests.signals import add_noise, speechlike  # noqa: E402
+from bench.common import REPO, markdown, noisy_speech, packets
+from bench.cost import batched_streams, opus_passthrough
+from percepnet import stft
+from percepnet.constants import NB_FEATURES, WINDOW_SIZE
+from percepnet.enhancer import Enhancer, warm_up
+from percepnet.runtime import OnnxSource, load_model
 
 ROUNDS = 5
 """Each gap is measured in this many separate slices of the run."""
@@ -92,6 +90,7 @@ def main() -> int:
     )
     parser.add_argument("--packets", type=int, default=200, help="per system and gap")
     parser.add_argument("--gaps", default="0,1,2,5,10,20", help="ms between packets")
+    parser.add_argument("--batches", default="8", help="batch sizes B of the batched rows")
     parser.add_argument("--read-mb", type=float, default=16.0, help="0: no read column")
     parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
     parser.add_argument("--out", help="write the medians as JSON here")
@@ -105,9 +104,7 @@ def main() -> int:
     if args.read_mb > 0:
         conditions.append((f"{args.read_mb:g} MB read", junk.sum))
     labels = [label for label, _ in conditions]
-    rng = np.random.default_rng(0)
-    x = add_noise(0.3 * speechlike(8.0, rng), 5.0, rng)
-    packets = x[: len(x) // (2 * FRAME_SIZE) * 2 * FRAME_SIZE].reshape(-1, 2, FRAME_SIZE)
+    cut = packets(noisy_speech(8.0, snr_db=5.0, level=0.3))
 
     warm_up()
     model = load_model(args.model)
@@ -122,25 +119,23 @@ def main() -> int:
     # (name, step, streams per call)
     systems: list[tuple[str, Callable[[np.ndarray], object], int]] = [
         ("enhancer, 1 stream", lambda p: one.process_frames(p.reshape(-1)), 1),
-        ("enhancer, 8 streams batched (per stream)", batched_streams(model, 8), 8),
+        *(
+            (f"enhancer, {b} streams batched (per stream)", batched_streams(model, b), b)
+            for b in (int(v) for v in args.batches.split(","))
+        ),
         ("model alone, 1 run of 1 stream", model_run, 1),
         ("aiortc Opus decode + encode", opus_passthrough(), 1),
     ]
-    from percepnet import stft
-
     windows = np.ascontiguousarray(np.tile(stft.WINDOW, (4, 1)))  # 2 steps x (newest, comb)
-
-    def fft_pair(rfft: Callable[..., object], irfft: Callable[..., object]) -> Callable:
-        return lambda _p: irfft(rfft(windows)[:2])  # type: ignore[index]
-
-    if stft._rfft is not stft._scipy_rfft:  # the pocketfft entry points are in use
-        systems.append(("a packet's FFTs (4 forward, 2 inverse), scipy.fft", fft_pair(
-            stft._scipy_rfft, stft._scipy_irfft), 1))  # fmt: skip
-        systems.append(("the same FFTs, as percepnet.stft calls them", fft_pair(
-            stft._rfft, stft._irfft), 1))  # fmt: skip
+    systems += [
+        ("a packet's FFTs (4 forward, 2 inverse), scipy.fft",
+         lambda _p: scipy.fft.irfft(scipy.fft.rfft(windows)[:2], n=WINDOW_SIZE), 1),
+        ("the same FFTs, as percepnet.stft calls them",
+         lambda _p: stft.inverse(stft.spectra(windows)[:2]), 1),
+    ]  # fmt: skip
     tiny = one_node_run()
     if tiny is not None:
-        systems.insert(3, ("ONNX Runtime, a run of a 1-node graph", tiny, 1))
+        systems.insert(len(systems) - 3, ("ONNX Runtime, a run of a 1-node graph", tiny, 1))
     costs: dict[tuple[str, str], list[float]] = {(n, c): [] for n, _, _ in systems for c in labels}
     per_slice = max(1, args.packets // ROUNDS)
     k = 0
@@ -149,7 +144,7 @@ def main() -> int:
             for name, step, streams in systems:
                 for _ in range(per_slice):
                     before()
-                    p = packets[k % len(packets)]
+                    p = cut[k % len(cut)]
                     k += 1
                     t = time.thread_time_ns()
                     step(p)
@@ -158,21 +153,26 @@ def main() -> int:
     med = {key: statistics.median(v) for key, v in costs.items()}
     first, last = labels[0], labels[len(gaps) - 1]
     print("CPU us per 20 ms packet (median), by the time since the previous packet\n")
-    print(f"| system | {' | '.join(labels)} | {last} / {first} |")
-    print("|---|" + "---:|" * (len(labels) + 1))
-    for name, _, _ in systems:
-        cells = " | ".join(f"{med[(name, c)]:.0f}" for c in labels)
-        print(f"| {name} | {cells} | {med[(name, last)] / med[(name, first)]:.2f} |")
+    header = ["system", *labels, f"{last} / {first}"]
+    rows = [
+        [
+            name,
+            *(f"{med[(name, c)]:.0f}" for c in labels),
+            f"{med[(name, last)] / med[(name, first)]:.2f}",
+        ]
+        for name, _, _ in systems
+    ]
     opus = "aiortc Opus decode + encode"
-    ratios = " | ".join(f"{med[('enhancer, 1 stream', c)] / med[(opus, c)]:.2f}" for c in labels)
-    print(f"| enhancer (1 stream) / Opus | {ratios} | |")
+    ratio = [f"{med[('enhancer, 1 stream', c)] / med[(opus, c)]:.2f}" for c in labels]
+    rows.append(["enhancer (1 stream) / Opus", *ratio, ""])
+    print(markdown(header, rows))
     if args.out:
-        rows = [
+        records = [
             {"system": n, "before": c, "median_us": med[(n, c)], "samples": len(costs[(n, c)])}
             for n, _, _ in systems
             for c in labels
         ]
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(records, indent=1) + "\n")
     return 0
 
 

@@ -18,7 +18,7 @@ objects stalled the client's loop for about 100 ms, which would show as a late r
 trip that the server did not cause. With --loss-every K the client's
 sender drops every K-th RTP packet (one per K x 20 ms): what a lossy uplink does.
 
-    python bench/latency.py [--seconds 6] [--repeats 3] [--loss-every 50] [--out F.json]
+    python -m bench.latency [--seconds 6] [--repeats 3] [--loss-every 50] [--out F.json]
 """
 
 from __future__ import annotations
@@ -34,22 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_service import free_port, wait_ready  # noqa: E402
-
-from percepnet.constants import SAMPLE_RATE  # noqa: E402
-from server import aiortc_speedups  # noqa: E402
-from server.client import (  # noqa: E402
-    PACKET_SAMPLES,
-    ClientPeer,
-    ClipTrack,
-    lag_of,
-    round_trip_ms,
+from bench.common import (
+    free_port,
+    markdown,
+    noisy_speech,
+    server_command,
+    start_server,
+    wait_ready,
 )
-from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
+from percepnet.constants import SAMPLE_RATE
+from server import aiortc_speedups
+from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, lag_of, round_trip_ms
 
 BUFFERS = ("relay", "aiortc")
 MODES = ("passthrough", "enhance")
@@ -58,7 +53,7 @@ SETTLE_PACKETS = 25
 
 
 async def probe(url: str, mode: str, seconds: float, loss_every: int) -> dict[str, float]:
-    clip = mix_at_snr(speech_like(seconds, seed=3), white_noise(seconds, 0.05, seed=4), 10.0)
+    clip = noisy_speech(seconds, seed=3)
     gc.collect()
     gc.disable()
     try:
@@ -122,10 +117,9 @@ def main() -> int:
     try:
         for buffer in BUFFERS:
             port = free_port()
-            cmd = ["percepnet-server", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", "1", "--receive-buffer", buffer]  # fmt: skip
+            cmd = server_command(port, "--receive-buffer", buffer)
             url = f"http://127.0.0.1:{port}"
-            servers[buffer] = (url, subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL))
+            servers[buffer] = (url, start_server(cmd, quiet=True))
         for url, proc in servers.values():
             if not wait_ready(url, proc):
                 print(f"server at {url} did not start", file=sys.stderr)
@@ -139,11 +133,11 @@ def main() -> int:
     print(f"\nmedians over {args.repeats} repeats of {args.seconds:.0f} s{loss} "
           f"(ms; packets of {1e3 * PACKET_SAMPLES / SAMPLE_RATE:.0f} ms)")  # fmt: skip
     keys = list(next(iter(results.values()))[0])
-    print("| receive buffer / mode | " + " | ".join(keys) + " |")
-    print("|---|" + "---:|" * len(keys))
-    for name, runs in results.items():
-        cells = [statistics.median(run[k] for run in runs) for k in keys]
-        print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    rows = [
+        (name, *(f"{statistics.median(run[k] for run in runs):.1f}" for k in keys))
+        for name, runs in results.items()
+    ]
+    print(markdown(("receive buffer / mode", *keys), rows))
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "runs": results}, indent=2))
     return 0

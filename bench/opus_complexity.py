@@ -7,7 +7,7 @@ aligns, and scores the round trip against the input (PESQ-WB and STOI at 16 kHz)
 the encoder's CPU time per 20 ms packet. Settings are interleaved clip by clip so the
 machine's drift touches them alike. A script, not a test:
 
-    python bench/opus_complexity.py --clips 8
+    python -m bench.opus_complexity --clips 8
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import fractions
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import av
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-REPO = Path(__file__).resolve().parent.parent
-SPEECH = REPO.parent / "shared" / "data" / "speech" / "ljspeech_subset" / "wavs"
-RATE = 48000
-PACKET = 960
+from bench.common import DATA, PACKET_FRAMES, markdown
+from percepnet.constants import FRAME_SIZE, SAMPLE_RATE
+
+SPEECH = DATA / "speech" / "ljspeech_subset" / "wavs"
+RATE = SAMPLE_RATE
+PACKET = PACKET_FRAMES * FRAME_SIZE
 TIME_BASE = fractions.Fraction(1, RATE)
 
 
@@ -85,11 +86,11 @@ def main() -> int:
             est = resample_poly(y[lag : lag + n], 1, 3)
             scores[c].append((pesq_wb(ref, est, 16000), stoi(ref, est, 16000), 1e6 * cost))
     print(f"{len(files)} LJSpeech clips, Opus 96 kbit/s voip, 20 ms stereo packets; medians")
-    print("| complexity | PESQ-WB | STOI | encode us/packet |")
-    print("|---:|---:|---:|---:|")
+    rows = []
     for c in levels:
         p, s, t = (statistics.median(v) for v in zip(*scores[c], strict=True))
-        print(f"| {c} | {p:.3f} | {s:.4f} | {t:.0f} |")
+        rows.append((c, f"{p:.3f}", f"{s:.4f}", f"{t:.0f}"))
+    print(markdown(("complexity", "PESQ-WB", "STOI", "encode us/packet"), rows))
     return 0
 
 

@@ -4,7 +4,7 @@ Mixtures: speech from the shared data folder (upsampled to 48 kHz) with real noi
 recordings at 0, 5 and 10 dB SNR. Conditions: noisy; band gains only; gains + pitch
 filter; gains + pitch filter + postfilter. Metrics: PESQ-WB, STOI, SI-SDR, DNSMOS.
 
-    python bench/oracle_ablation.py [--data ../shared/data] [--clips 12] [--out results.json]
+    python -m bench.oracle_ablation [--data ../shared/data] [--clips 12] [--out results.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import DATA
 from percepnet.audio import load
+from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import OracleSource, enhance_signal
 from percepnet.metrics import METRIC_NAMES, markdown_table, score, summarise
 
@@ -64,7 +66,7 @@ def run(root: Path, n_clips: int, seed: int) -> list[dict[str, float | str]]:
     noises = [load(root / p) for p in NOISES]
     rows: list[dict[str, float | str]] = []
     for ci, path in enumerate(pick_speech(root, n_clips, rng)):
-        speech = load(path)[: int(MAX_SECONDS * 48_000)]
+        speech = load(path)[: int(MAX_SECONDS * SAMPLE_RATE)]
         speech = 0.1 * speech / (np.sqrt(np.mean(speech**2)) + 1e-9)  # -20 dBFS RMS
         for si, snr in enumerate(SNRS):
             noisy = mix(speech, noises[(ci + si) % len(noises)], snr, rng)
@@ -88,9 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    )
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--clips", type=int, default=12, help="speech clips (x3 SNRs = mixtures)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write per-mixture rows as JSON")

@@ -1,10 +1,14 @@
-"""Quality table on a held-out split: noisy, RNNoise, oracle, float model, int8 model.
+"""Quality table on the training recipe's held-out mixtures: noisy, RNNoise, oracle,
+float model, int8 model (bench.calls is the call-like benchmark; this one is the recipe's).
 
 Every system goes through the same path (48 kHz, aligned, percepnet.metrics.score)
-in one run. The test split is scored only for final reports; select and tune on dev.
+in one run. The test split is scored only for final reports; select and tune on dev:
 
-    python bench/quality.py --split test --n 30 [--models models] [--out results.json]
+    python -m bench.quality --split test --n 30 [--models models] [--out results.json]
+    python -m bench.quality --split dev --n 20 --extra int8-no-postfilter --gammas 1.25 1.5
 
+--gammas adds the int8 model with a suppression exponent on its band gains (g -> g ** gamma;
+gamma > 1 removes more noise); --extra adds the variants without the postfilter.
 The eval set is written once to cache/eval (percepnet.data.mix.write_eval_set).
 """
 
@@ -15,17 +19,15 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
+from bench.calls import ExponentSource
+from bench.common import REPO, System, peers
 from percepnet.audio import load
 from percepnet.enhancer import OracleSource, enhance_signal
-from percepnet.metrics import RNNoiseReference, markdown_table, score, summarise
+from percepnet.metrics import markdown_table, score, summarise
 from percepnet.runtime import OnnxSource, load_model
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = {"dev": 101, "test": 202}
 
 
@@ -45,25 +47,10 @@ def eval_set(split: str, n: int, root: Path) -> list[dict[str, str]]:
     return rows[:n]
 
 
-System = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(noisy, clean) -> enhanced, all at 48 kHz and aligned."""
-
-
-def noisy_input(noisy: np.ndarray, _clean: np.ndarray) -> np.ndarray:
-    return noisy
-
-
-def rnnoise(noisy: np.ndarray, _clean: np.ndarray) -> np.ndarray:
-    """The reference peer, a fresh state per mixture, its delay compensated."""
-    with RNNoiseReference() as rn:
-        return rn.enhance(noisy)
-
-
-def systems(models: Path, extra: list[str]) -> dict[str, System]:
+def systems(models: Path, extra: list[str], gammas: list[float]) -> dict[str, System]:
     f32, i8 = load_model(models / "percepnet.onnx"), load_model(models / "percepnet-int8.onnx")
     out: dict[str, System] = {
-        "noisy": noisy_input,
-        "rnnoise": rnnoise,
+        **peers(),
         "oracle": lambda noisy, clean: enhance_signal(noisy, OracleSource(clean)),
         "percepnet-float": lambda noisy, clean: enhance_signal(noisy, OnnxSource(f32)),
         "percepnet-int8": lambda noisy, clean: enhance_signal(noisy, OnnxSource(i8)),
@@ -75,6 +62,10 @@ def systems(models: Path, extra: list[str]) -> dict[str, System]:
     if "oracle-no-postfilter" in extra:
         out["oracle-no-postfilter"] = lambda noisy, clean: enhance_signal(
             noisy, OracleSource(clean), use_postfilter=False
+        )
+    for gamma in gammas:
+        out[f"percepnet-int8 g^{gamma:g}"] = lambda noisy, clean, gm=gamma: enhance_signal(
+            noisy, ExponentSource(OnnxSource(i8), gm)
         )
     return out
 
@@ -115,11 +106,14 @@ def main() -> int:
     parser.add_argument(
         "--extra", nargs="*", default=[], help="int8-no-postfilter oracle-no-postfilter"
     )
+    parser.add_argument(
+        "--gammas", type=float, nargs="*", default=[], help="suppression exponents (int8 model)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     root = Path(args.eval_dir)
     rows_in = eval_set(args.split, args.n, root)
-    runs = systems(Path(args.models), args.extra)
+    runs = systems(Path(args.models), args.extra, args.gammas)
     rows = evaluate(rows_in, root, runs, f"{args.split} split")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

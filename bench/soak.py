@@ -9,8 +9,8 @@ failed and passed through. At the end it stops the churn, closes the streams, wa
 for the worker to be idle and compares tasks and fds with the idle worker's at the
 start: what is left over leaked.
 
-    python bench/soak.py soak --streams 8 --minutes 30          # the issue's soak
-    python bench/soak.py soak --streams 2 --minutes 1 --unity-gains   # a short smoke run
+    python -m bench.soak soak --streams 8 --minutes 30          # the issue's soak
+    python -m bench.soak soak --streams 2 --minutes 1 --unity-gains   # a short smoke run
 
 abandoned: in this process (so live objects can be counted), --cycles cycles of
 --offers abandoned offers; after each cycle, once the server has closed them: RSS,
@@ -19,7 +19,7 @@ objects. Then malloc_trim(0): memory that glibc gives back is memory the allocat
 kept, not memory still referenced. Live objects back at their baseline, tracemalloc
 flat and RSS falling at the trim mean heap fragmentation, not a leak.
 
-    python bench/soak.py abandoned --cycles 8 --offers 64
+    python -m bench.soak abandoned --cycles 8 --offers 64
 """
 
 from __future__ import annotations
@@ -35,19 +35,15 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import free_port, scrape, server_command, start_server, wait_ready
+from server.client import ClientPeer, ClipTrack, candidate_less_offer
+from server.clips import speech_like
 
-from server.client import ClientPeer, ClipTrack, candidate_less_offer  # noqa: E402
-from server.clips import speech_like  # noqa: E402
-
-FRAME_OUTCOMES = ("failed", "bypassed", "processed")
 FRAME_OUTCOMES = ("failed", "bypassed", "processed")
 TRACKED = (
     "RTCPeerConnection",
@@ -58,10 +54,6 @@ TRACKED = (
     "Session",
     "Enhancer",
 )
-
-
-def start_server(cmd: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def write_json(path: str, data: object) -> None:
@@ -75,16 +67,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            out[series] = out.get(series, 0.0) + float(value)
-    return out
-
-
 async def abandon(http: aiohttp.ClientSession, url: str, offer: str, n: int) -> list[int]:
     async def one() -> int:
         async with http.post(url + "/offer", json={"sdp": offer, "type": "offer"}) as r:
@@ -96,21 +78,21 @@ async def abandon(http: aiohttp.ClientSession, url: str, offer: str, n: int) -> 
 
 # -- soak -------------------------------------------------------------------------------
 async def soak(args: argparse.Namespace) -> int:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--max-streams", str(args.streams + args.abandon + 4),
+    cmd = server_command(
+        port, "--max-streams", str(args.streams + args.abandon + 4),
         "--max-pending", str(args.abandon + 4),
         "--max-pending-per-client", str(args.abandon + 4),
         "--connect-timeout", str(args.connect_timeout), "--log-level", "WARNING",
-    ]  # fmt: skip
+    )  # fmt: skip
     if args.unity_gains:
         cmd.append("--unity-gains")
     proc = start_server(cmd)
     samples: list[dict[str, float]] = []
     try:
-        await _wait_ready(url, proc)
+        if not await asyncio.to_thread(wait_ready, url, proc, 600):
+            raise RuntimeError(f"server did not become ready (exit status {proc.poll()})")
         await asyncio.sleep(6)  # one loop-lag window: the idle task count is sampled
         idle = await asyncio.to_thread(scrape, url)
         base = {"rss": rss_mb(proc.pid), "fds": idle["process_open_fds"],
@@ -236,9 +218,9 @@ async def abandoned(args: argparse.Namespace) -> int:
     app = create_app(config, Enhancer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}"
     manager = app[MANAGER_KEY]
     offer = await candidate_less_offer()
@@ -274,27 +256,6 @@ async def abandoned(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, rows)
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with s.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready")
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 from aiohttp.test_utils import TestServer
 
+from bench.common import CHROMIUM, CHROMIUM_FLAGS
 from percepnet.analysis import Frames
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
@@ -34,19 +35,6 @@ from server.config import Config
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path(os.environ.get("PERCEPNET_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
 HAVE_CHROMIUM = CHROMIUM.exists()
 RECORD_S = 4.0
 

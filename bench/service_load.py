@@ -16,7 +16,7 @@ separate client processes, lets them run, and measures over a fixed window:
 - with --offload batch (the server's default): the mean number of streams per model
   run (batch) and the p99 of the time a packet waited for its batch (wait p99).
 
-    python bench/bench_service.py --streams 2,4,8 --seconds 10 --workers 1
+    python -m bench.service_load --streams 2,4,8 --seconds 10 --workers 1
 
 Uses the shipped model when models/percepnet-int8.onnx exists, otherwise the DSP
 with unity gains (--unity-gains), which costs nearly the same minus inference.
@@ -32,17 +32,23 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import (
+    delta,
+    free_port,
+    noisy_speech,
+    quantile,
+    scrape,
+    server_command,
+    start_server,
+    wait_ready,
+)
 
 PACKETS_PER_S = 50  # 20 ms Opus packets
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -89,50 +95,6 @@ def steal_seconds(cpus: set[int] | None) -> float:
     return total / CLK_TCK
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text -> {series: value}, summed over the worker label."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        name, _, labels = series.partition("{")
-        kept = ",".join(
-            lab for lab in labels.rstrip("}").split(",") if lab and not lab.startswith("worker=")
-        )
-        key = f"{name}{{{kept}}}" if kept else name
-        out[key] = out.get(key, 0.0) + float(value)
-    return out
-
-
-def quantile(before: dict[str, float], after: dict[str, float], metric: str, q: float) -> float:
-    """q-quantile (seconds) of a histogram's increase between two scrapes, interpolated."""
-    buckets = []
-    for key, value in after.items():
-        if key.startswith(metric + "_bucket{le="):
-            le = key.split('le="')[1].split('"')[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets.append((bound, value - before.get(key, 0.0)))
-    buckets.sort()
-    total = buckets[-1][1] if buckets else 0.0
-    if total <= 0:
-        return float("nan")
-    target, prev_bound, prev_count = q * total, 0.0, 0.0
-    for bound, count in buckets:
-        if count >= target:
-            if bound == float("inf"):
-                return prev_bound
-            frac = (target - prev_count) / max(count - prev_count, 1e-9)
-            return prev_bound + frac * (bound - prev_bound)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
-def delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
-    return after.get(key, 0.0) - before.get(key, 0.0)
-
-
 # -- clients (separate processes) --------------------------------------------------------
 def client_main(
     url: str,
@@ -155,9 +117,8 @@ async def _client(
     url: str, n: int, mode: str, seed: int, conn: multiprocessing.connection.Connection
 ) -> None:
     from server.client import ClientPeer, ClipTrack
-    from server.clips import mix_at_snr, speech_like, white_noise
 
-    clip = mix_at_snr(speech_like(4.0, seed=seed), white_noise(4.0, 1.0, seed=seed + 1), 10.0)
+    clip = noisy_speech(4.0, seed=seed)
     loop = asyncio.get_running_loop()
     peers = []
     try:
@@ -317,26 +278,6 @@ def stream_cpu_delta(before: dict[str, float], after: dict[str, float]) -> float
     )
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], tries: int = 150) -> bool:
-    """Poll url's /readyz every 0.2 s: True once it answers, False if `proc` exits first
-    or it has not answered after `tries` polls."""
-    for _ in range(tries):
-        try:
-            urllib.request.urlopen(url + "/readyz", timeout=1)
-            return True
-        except OSError:
-            if proc.poll() is not None:
-                return False
-            time.sleep(0.2)
-    return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
     from server.config import Config
 
@@ -385,12 +326,11 @@ def main() -> int:
     from percepnet.runtime import DEFAULT_MODEL
 
     model = Path(args.model) if args.model else DEFAULT_MODEL
-    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(args.workers), "--max-streams", "256", "--offload", args.offload,
-           "--batch-window-ms", str(args.batch_window_ms),
-           "--inline-codecs", args.inline_codecs,
-           "--opus-complexity", str(args.opus_complexity),
-           "--log-level", "WARNING"]  # fmt: skip
+    cmd = server_command(port, "--max-streams", "256", "--offload", args.offload,
+                         "--batch-window-ms", str(args.batch_window_ms),
+                         "--inline-codecs", args.inline_codecs,
+                         "--opus-complexity", str(args.opus_complexity),
+                         "--log-level", "WARNING", workers=args.workers)  # fmt: skip
     cmd += ["--model", str(model)] if model.exists() else ["--unity-gains"]
     enhancer = str(model) if model.exists() else "unity gains (no model)"
     cores = sorted(os.sched_getaffinity(0))
@@ -399,19 +339,12 @@ def main() -> int:
         print("--pin needs --workers 1 and at least 2 cores", file=sys.stderr)
         return 2
 
-    def start(command: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            command,
-            cwd=REPO,
-            preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None,
-        )
-
-    servers = {"main": (url, start(cmd))}
+    servers = {"main": (url, start_server(cmd, server_cpus))}
     if args.stock_baseline:
         stock_port = free_port()
         stock_cmd = [*cmd, "--port", str(stock_port), "--inline-codecs", "off",
                      "--opus-complexity", "10", "--receive-buffer", "aiortc"]  # fmt: skip
-        servers["stock"] = (f"http://127.0.0.1:{stock_port}", start(stock_cmd))
+        servers["stock"] = (f"http://127.0.0.1:{stock_port}", start_server(stock_cmd, server_cpus))
     modes = args.modes.split(",") + (["stock-pass"] if args.stock_baseline else [])
     rows: list[Row] = []
     try:

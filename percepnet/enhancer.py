@@ -29,6 +29,7 @@ from percepnet.analysis import (
 from percepnet.bands import BAND_CENTRES, band_energy
 from percepnet.constants import (
     BIN_HZ,
+    BLOCK_STEPS,
     BUFFER_SAMPLES,
     EPS,
     FRAME_SIZE,
@@ -265,10 +266,6 @@ class ChunkedStream:
         out = [self.enhancer.process(data[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
         self._pending = data[n * FRAME_SIZE :]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-BLOCK_STEPS = 256
-"""Steps analysed at once by the whole-signal path (bounds memory to ~60 MB)."""
 
 
 def enhance_signal(

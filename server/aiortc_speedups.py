@@ -72,6 +72,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
+from server.config import OPUS_MAX_COMPLEXITY
 from server.reorder import Reorderer, ReorderStats
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ _ORIGINAL: dict[str, Any] = {
     "decoder_worker": getattr(aiortc.rtcrtpreceiver, "decoder_worker", None),
     "get_encoder": aiortc.rtcrtpsender.get_encoder,
 }
-OPUS_DEFAULT_COMPLEXITY = 10  # libopus's own default, which aiortc keeps
+OPUS_DEFAULT_COMPLEXITY = OPUS_MAX_COMPLEXITY  # libopus's own default, which aiortc keeps
 _opus_complexity = OPUS_DEFAULT_COMPLEXITY
 
 

@@ -109,7 +109,9 @@ class LoopLagMonitor:
 LAG_KEY = web.AppKey("loop_lag", LoopLagMonitor)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
@@ -145,23 +147,23 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = None
         if isinstance(exc, (ServiceFull, Draining)):
             headers = {"Retry-After": str(config.retry_after_s)}
-        response = _error(exc.status, str(exc), headers)
+        response = error_response(exc.status, str(exc), headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
-        response = _error(exc.status, exc.text or exc.reason, kept)
+        response = error_response(exc.status, exc.text or exc.reason, kept)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         if METRICS_KEY in request.app:
             request.app[METRICS_KEY].rejected_requests.labels("error").inc()
-        response = _error(500, "internal error (logged)")
+        response = error_response(500, "internal error (logged)")
     for key, value in CORS_HEADERS.items():
         response.headers.setdefault(key, value)
     return response
 
 
-async def _body_text(request: web.Request) -> str:
+async def body_text(request: web.Request) -> str:
     """The request body; 413 when it exceeds the limit even without Content-Length."""
     return await read_text(request, request.app[CONFIG_KEY].max_body_bytes, BadOffer)
 
@@ -185,7 +187,7 @@ def _session_key(request: web.Request) -> str:
 
 async def json_body(request: web.Request) -> Any:
     """The request's JSON (bounded size, depth and numbers); 400 when it is not."""
-    text = await _body_text(request)
+    text = await body_text(request)
     try:
         return parse_json(text)
     except ValueError as exc:
@@ -224,7 +226,7 @@ def _answer_json(session: Session) -> dict[str, Any]:
 
 async def whip_post(request: web.Request) -> web.Response:
     _require_type(request, SDP_TYPE)
-    sdp = await _body_text(request)
+    sdp = await body_text(request)
     manager = request.app[MANAGER_KEY]
     session = await manager.create(
         sdp,
@@ -246,7 +248,7 @@ async def whip_patch(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
     manager.get(_session_key(request))  # 404 before 415 for an unknown session
     _require_type(request, TRICKLE_TYPE)
-    fragment = await _body_text(request)
+    fragment = await body_text(request)
     await manager.add_candidates(_session_key(request), fragment)
     return web.Response(status=204)
 
@@ -285,7 +287,7 @@ async def control(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
     manager.get(_session_key(request))
     _require_type(request, "application/json")
-    text = await _body_text(request)
+    text = await body_text(request)
     try:
         state = manager.control(_session_key(request), text)
     except ValueError as exc:

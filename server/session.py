@@ -68,6 +68,22 @@ PATCH_PER_S = 1.0
 """Trickle PATCHes per session: a burst of PATCH_BURST, then PATCH_PER_S (token bucket)."""
 
 
+ID_SEPARATOR = "-"
+"""Public session ids are "<worker index>-<hex token>": the router routes by the prefix."""
+ID_TOKEN_BYTES = 4
+
+
+def new_session_id(worker_index: int) -> str:
+    """A fresh public id on worker `worker_index` (not secret: grants nothing)."""
+    return f"{worker_index}{ID_SEPARATOR}{secrets.token_hex(ID_TOKEN_BYTES)}"
+
+
+def worker_of(session_id: str) -> int | None:
+    """The worker index a public session id names (None: not an id of ours)."""
+    prefix, sep, _ = session_id.partition(ID_SEPARATOR)
+    return int(prefix) if sep and prefix.isdigit() else None
+
+
 class SessionError(Exception):
     """Base of the errors the HTTP layer maps onto status codes."""
 
@@ -435,7 +451,7 @@ class SessionManager:
     def new_id(self) -> str:
         """A fresh public id (not secret: the session's secret is separate)."""
         while True:
-            sid = f"{self.worker_index}-{secrets.token_hex(4)}"
+            sid = new_session_id(self.worker_index)
             if sid not in self.sessions:
                 return sid
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from percepnet.analysis import Frames
-from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, SAMPLE_RATE
+from percepnet.constants import FRAME_SIZE, INT16_SCALE, LATENCY_SAMPLES, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import gains_for_many
 from server.aiortc_speedups import arrival_clock, arrival_time
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 OUT_CHANNELS = 2
 OUT_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-INT16_SCALE = 32768.0
 FAILURE_LOG_INTERVAL_S = 10
 RESET_AFTER_FAILURES = 3
 """Consecutive failed frames after which the enhancer state is reset."""

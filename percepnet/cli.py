@@ -12,6 +12,8 @@ from typing import Any
 
 from percepnet.audio import AudioError
 from percepnet.runtime import ModelError
+from percepnet.settings import MAX_ATTENUATION_DB
+from percepnet.version import package_version
 
 
 def _cmd_oracle(args: argparse.Namespace) -> int:
@@ -163,18 +165,6 @@ EXIT_FILES_FAILED = 1
 """enhance: some files could not be read or written (the others were enhanced)."""
 EXIT_ERROR = 2
 """Nothing done: bad arguments, a missing input, conflicting outputs, an unusable model."""
-MAX_ATTENUATION_DB = 100.0
-"""Largest attenuation limit taken (the same bound as the service's stream control)."""
-
-
-def package_version() -> str:
-    """The installed distribution's version (pyproject.toml's), for --version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("percepnet")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def _bounded(

@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from percepnet.runtime import ModelError
+from percepnet.streaming import ModelError
 from server.config import Config, ConfigError, ListenError, load_config
 from server.ops.logs import setup_logging
 from server.ops.worker import build_enhancer_factory, serve_worker, tls_context

@@ -32,7 +32,7 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from percepnet.enhancer import Enhancer
+from percepnet.streaming import Enhancer
 from server import aiortc_speedups, rtp
 from server.config import Config
 from server.gcwatch import GcMonitor

@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtp import is_rtcp
 
-from percepnet.constants import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
+from percepnet.streaming import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
 
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 FloatArray = npt.NDArray[np.float64]

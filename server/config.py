@@ -364,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _package_version() -> str:
-    from percepnet.cli import package_version
+    # Imported here: the streaming API loads the DSP and the model runtime, which
+    # parsing flags does not need.
+    from percepnet.streaming import package_version
 
     return package_version()
 

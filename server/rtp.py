@@ -56,11 +56,14 @@ from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket, is_rtcp
 from prometheus_client import Counter
 
-from percepnet.constants import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
+from percepnet.streaming import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
 from server.aiortc_speedups import arrival_clock
-from server.batching import Runner
 from server.config import Config
 from server.httputil import client_address, parse_json, read_text
+from server.media.convert import level_db, to_mono
+from server.media.processor import StreamProcessor, StreamStats
+from server.media.runners import Runner
+from server.media.track import Deadline
 from server.metrics import Metrics
 from server.reorder import Reorderer
 from server.session import (
@@ -73,13 +76,6 @@ from server.session import (
     UnknownSession,
     is_unicast,
     parse_control,
-)
-from server.track import (
-    Deadline,
-    StreamProcessor,
-    StreamStats,
-    level_db,
-    to_mono,
 )
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,11 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aiortc import (
@@ -40,18 +39,18 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
-from percepnet.enhancer import Enhancer
+from percepnet.streaming import Enhancer, StreamSettings
 from server import aiortc_speedups
-from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
 from server.config import Config
 from server.httputil import parse_json
+from server.media.processor import StreamProcessor, StreamStats
+from server.media.runners import BatchRunner, InlineRunner, Runner, ThreadRunner
+from server.media.track import EnhancedTrack
 from server.metrics import Metrics
-from server.track import EnhancedTrack, StreamProcessor, StreamStats
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["enhance", "passthrough"]
-MAX_ATTENUATION_DB = 100.0
 MAX_CONTROL_BYTES = 4096
 CPU_WINDOW_S = 1.0
 SECRET_BYTES = 24
@@ -124,19 +123,12 @@ class TooManyRequests(SessionError):
     status = 429
 
 
-@dataclass
-class Controls:
-    """Per-stream runtime settings; the enhancer reads them on its next frame."""
-
-    enabled: bool = True
-    attenuation_limit_db: float | None = None
-
-
 def parse_control(message: object) -> dict[str, Any]:
     """Validate a control message; returns only the recognised, well-typed settings.
 
     Accepts a JSON object (or its text) with optional `enabled` (bool) and
-    `attenuation_limit_db` (number in [0, 100] dB, or null for no limit). Raises
+    `attenuation_limit_db` (number in [0, MAX_ATTENUATION_DB] dB, or null for no
+    limit): the fields of StreamSettings, checked by it. Raises
     ValueError for anything else, so garbage can be counted and ignored.
     """
     if isinstance(message, (bytes, bytearray, str)):
@@ -147,20 +139,8 @@ def parse_control(message: object) -> dict[str, Any]:
         raise ValueError("control message must be a JSON object")
     if message.get("type", "control") != "control":
         raise ValueError(f"unknown message type {message.get('type')!r}")
-    out: dict[str, Any] = {}
-    if "enabled" in message:
-        if not isinstance(message["enabled"], bool):
-            raise ValueError("enabled must be true or false")
-        out["enabled"] = message["enabled"]
-    if "attenuation_limit_db" in message:
-        limit = message["attenuation_limit_db"]
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-                raise ValueError("attenuation_limit_db must be a number or null")
-            if not (math.isfinite(limit) and 0.0 <= limit <= MAX_ATTENUATION_DB):
-                raise ValueError(f"attenuation_limit_db must be in [0, {MAX_ATTENUATION_DB}]")
-            limit = float(limit)
-        out["attenuation_limit_db"] = limit
+    out = {k: message[k] for k in ("enabled", "attenuation_limit_db") if k in message}
+    StreamSettings(**out)  # SettingsError (a ValueError) for a bad value or type
     if not out:
         raise ValueError("control message sets nothing")
     return out
@@ -176,7 +156,8 @@ class Session:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
     client: str = ""  # address admitted from (per-client pending limits)
     stats: StreamStats = field(default_factory=StreamStats)
-    controls: Controls = field(default_factory=Controls)
+    controls: StreamSettings = field(default_factory=StreamSettings)
+    """The stream's settings; the enhancer holds this same object (apply)."""
     track: EnhancedTrack | None = None
     processor: StreamProcessor | None = None
     channel: RTCDataChannel | None = None
@@ -209,14 +190,12 @@ class Session:
         stats = aiortc_speedups.receive_stats(self.receiver)
         return None if stats is None else stats.counts()
 
-    def apply(self, settings: dict[str, Any]) -> None:
-        if "enabled" in settings:
-            self.controls.enabled = settings["enabled"]
-        if "attenuation_limit_db" in settings:
-            self.controls.attenuation_limit_db = settings["attenuation_limit_db"]
+    def apply(self, changes: dict[str, Any]) -> None:
+        """Change some settings (parse_control's result): one new StreamSettings, made
+        (validated, converted) once, used by the enhancer from its next frame."""
+        self.controls = replace(self.controls, **changes)
         if self.enhancer is not None:
-            self.enhancer.enabled = self.controls.enabled
-            self.enhancer.attenuation_limit_db = self.controls.attenuation_limit_db
+            self.enhancer.apply(self.controls)
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
@@ -317,7 +296,7 @@ def client_key(address: str) -> str:
 
 
 def make_runner(config: Config, metrics: Metrics) -> Runner:
-    """The worker's packet runner for config.offload (server/batching.py)."""
+    """The worker's packet runner for config.offload (server/media/runners.py)."""
     if config.offload == "thread":
         return ThreadRunner()
     if config.offload == "inline":

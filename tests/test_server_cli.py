@@ -47,10 +47,10 @@ from server.config import (
     load_config,
     parse_ice_server,
 )
+from server.media.convert import to_stereo_s16
 from server.metrics import Metrics
 from server.reorder import ReorderStats
 from server.router import _MergedCollector, merge_metrics
-from server.track import to_stereo_s16
 
 REPO = Path(__file__).resolve().parent.parent
 

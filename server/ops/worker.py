@@ -17,8 +17,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from percepnet.enhancer import Enhancer, warm_up
-from percepnet.runtime import load_enhancer_factory
+from percepnet.streaming import (
+    Enhancer,
+    load_enhancer_factory,
+    unity_enhancer_factory,
+    warm_up,
+)
 from server.app import MANAGER_KEY, create_app
 from server.config import Config, ConfigError, ListenError
 from server.gcwatch import freeze_startup_heap
@@ -35,7 +39,7 @@ def build_enhancer_factory(config: Config) -> Callable[[], Enhancer]:
     loaded (or compiled, the first time) here, before any stream arrives.
     """
     factory: Callable[[], Enhancer] = (
-        Enhancer if config.unity_gains else load_enhancer_factory(config.model)
+        unity_enhancer_factory() if config.unity_gains else load_enhancer_factory(config.model)
     )
     log.info("DSP kernels ready in %.1f s", warm_up(factory))
     return factory

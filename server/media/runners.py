@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from server.media.processor import StreamProcessor, process_many
 from server.metrics import Metrics
-from server.track import StreamProcessor, process_many
 
 FloatArray = npt.NDArray[np.float64]
 

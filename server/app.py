@@ -32,7 +32,7 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from percepnet.streaming import Enhancer
+from percepnet.streaming import MAX_ATTENUATION_DB, Enhancer
 from server import aiortc_speedups, rtp
 from server.config import Config
 from server.gcwatch import GcMonitor
@@ -321,7 +321,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def client_config(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
-    return web.json_response({"iceServers": [s.as_json() for s in config.ice_servers]})
+    return web.json_response(
+        {
+            "iceServers": [s.as_json() for s in config.ice_servers],
+            "maxAttenuationDb": MAX_ATTENUATION_DB,
+        }
+    )
 
 
 async def index(request: web.Request) -> web.FileResponse:

@@ -143,7 +143,7 @@ def client_main(
     cpus: set[int] | None = None,
     inline_codecs: bool = True,
 ) -> None:
-    from server import aiortc_speedups
+    from server.media import aiortc_hooks as aiortc_speedups
 
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -338,7 +338,7 @@ def free_port() -> int:
 
 
 def main() -> int:
-    from server.config import Config
+    from server.ops.config import Config
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

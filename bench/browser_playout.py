@@ -34,7 +34,7 @@ from percepnet.constants import SAMPLE_RATE  # noqa: E402
 from percepnet.runtime import load_enhancer_factory  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
-from server.config import Config  # noqa: E402
+from server.ops.config import Config  # noqa: E402
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
 
 SETTLED_AFTER_S = 8

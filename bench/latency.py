@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_service import free_port, wait_ready  # noqa: E402
 
 from percepnet.constants import SAMPLE_RATE  # noqa: E402
-from server import aiortc_speedups  # noqa: E402
 from server.client import (  # noqa: E402
     PACKET_SAMPLES,
     ClientPeer,
@@ -50,6 +49,7 @@ from server.client import (  # noqa: E402
     round_trip_ms,
 )
 from server.clips import mix_at_snr, speech_like, white_noise  # noqa: E402
+from server.media import aiortc_hooks as aiortc_speedups  # noqa: E402
 
 BUFFERS = ("relay", "aiortc")
 MODES = ("passthrough", "enhance")

@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from percepnet.streaming import ModelError
-from server.config import Config, ConfigError, ListenError, load_config
+from server.ops.config import Config, ConfigError, ListenError, load_config
 from server.ops.logs import setup_logging
-from server.ops.worker import build_enhancer_factory, serve_worker, tls_context
+from server.serving.worker import build_enhancer_factory, serve_worker, tls_context
 
 log = logging.getLogger("server")
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Loaded above only to fail fast with a clear message; each worker loads its
                 # own.
                 del factory
-                from server.router import serve_router
+                from server.serving.router import serve_router
 
                 code = asyncio.run(serve_router(config, sock, ssl_context=ssl_context))
         except ListenError as exc:

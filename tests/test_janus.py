@@ -37,7 +37,7 @@ from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.app import MANAGER_KEY
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
-from server.rtp import RTP_KEY, OpusDecoder, OpusEncoder, RtpSettings
+from server.sidecar.rtp import RTP_KEY, OpusDecoder, OpusEncoder, RtpSettings
 from tests.test_rtp import FFMPEG, LOOPBACK, ffmpeg, levels, sidecar
 
 JANUS = shutil.which("janus")

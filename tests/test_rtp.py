@@ -1,4 +1,4 @@
-"""Sidecar mode (server/rtp.py): plain Opus RTP in and out, driven by ffmpeg on both ends.
+"""Sidecar mode (server/sidecar/rtp.py): plain Opus RTP in and out, driven by ffmpeg on both ends.
 
 ffmpeg sends a noisy file as Opus RTP to the port the service allocates; a second
 ffmpeg, given an SDP file, receives the cleaned stream into a WAV; the test measures
@@ -30,7 +30,7 @@ from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
 from server.reorder import Reorderer
-from server.rtp import (
+from server.sidecar.rtp import (
     RTP_KEY,
     OpusDecoder,
     OpusEncoder,

@@ -21,7 +21,7 @@ import pytest
 from server.__main__ import main
 from server.client import ClientPeer, ClipTrack
 from server.clips import speech_like
-from server.config import ConfigError, load_config
+from server.ops.config import ConfigError, load_config
 from server.ops.logs import JsonFormatter, setup_logging
 from tests.tls import client_context, make_self_signed
 

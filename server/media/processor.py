@@ -21,7 +21,7 @@ from percepnet.streaming import (
     StreamEnhancer,
     enhance_many,
 )
-from server.metrics import Metrics
+from server.ops.prometheus import Metrics
 
 FloatArray = npt.NDArray[np.float64]
 

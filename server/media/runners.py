@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.media.processor import StreamProcessor, process_many
-from server.metrics import Metrics
+from server.ops.prometheus import Metrics
 
 FloatArray = npt.NDArray[np.float64]
 

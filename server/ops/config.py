@@ -97,11 +97,11 @@ class Config:
     decoder threads: a frame with more than this much audio queued behind it)."""
     inline_codecs: bool = True
     """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
-    hand-offs cost more than the codec; server/aiortc_speedups.py)."""
+    hand-offs cost more than the codec; server/media/aiortc_hooks.py)."""
     receive_buffer: str = "relay"
     """WebRTC audio in: relay (each packet decoded as it arrives in order; only a gap holds
     the packet after it, 20 ms) or aiortc (its playout buffer: every packet waits four more, 80 ms;
-    server/aiortc_speedups.py item 4)."""
+    server/media/aiortc_hooks.py item 4)."""
     opus_complexity: int = 5
     """libopus encoder complexity for what WebRTC peers get back (aiortc's default is the
     highest, OPUS_MAX_COMPLEXITY; at its 96 kbit/s, 5 costs about a third less CPU at the

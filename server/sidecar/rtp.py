@@ -57,26 +57,19 @@ from aiortc.rtp import RtpPacket, is_rtcp
 from prometheus_client import Counter
 
 from percepnet.streaming import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
-from server.aiortc_speedups import arrival_clock
-from server.config import Config
 from server.httputil import client_address, parse_json, read_text
+from server.media.aiortc_hooks import arrival_clock
 from server.media.convert import level_db, to_mono
 from server.media.processor import StreamProcessor, StreamStats
 from server.media.runners import Runner
 from server.media.track import Deadline
-from server.metrics import Metrics
+from server.ops.config import Config
+from server.ops.prometheus import Metrics
 from server.reorder import Reorderer
-from server.session import (
-    BadOffer,
-    EnhancerUnavailable,
-    Mode,
-    ServiceFull,
-    Session,
-    SessionManager,
-    UnknownSession,
-    is_unicast,
-    parse_control,
-)
+from server.sessions.addresses import is_unicast
+from server.sessions.controls import parse_control
+from server.sessions.errors import BadRequest, EnhancerUnavailable, ServiceFull, UnknownSession
+from server.sessions.manager import Mode, Session, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +87,11 @@ RTP_VERSION = 2
 MAX_DATAGRAM = 1500
 
 
-class RtpSetupError(BadOffer):
+class RtpSetupError(BadRequest):
     """A bad session request (400)."""
 
 
-class DestinationRefused(BadOffer):
+class DestinationRefused(BadRequest):
     """A destination off the allowlist, or not unicast (403)."""
 
     status = 403

@@ -38,21 +38,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from server.app import (
-    CONFIG_KEY,
-    CORS_HEADERS,
-    body_text,
-    client_config,
-    error_response,
-    guard,
-    index,
-)
-from server.app import whip_options as options
-from server.config import Config
 from server.httputil import CLIENT_HEADER
+from server.ops.appkeys import CONFIG_KEY
+from server.ops.config import Config
 from server.ops.logs import setup_logging
-from server.ops.worker import build_enhancer_factory, listening_url, serve_worker, start_site
-from server.session import worker_of
+from server.serving.worker import build_enhancer_factory, listening_url, serve_worker, start_site
+from server.sessions.ids import worker_of
+from server.signalling.http import CORS_HEADERS, body_text, error_response, guard
+from server.signalling.page import client_config, index
+from server.signalling.webrtc import whip_options as options
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +280,7 @@ class Router:
         r.add_get("/streams/{id}", self.by_session)
         r.add_delete("/streams/{id}", self.by_session)
         r.add_post("/streams/{id}/control", self.by_session)
-        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/rtp.py)
+        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/sidecar/rtp.py)
         r.add_get("/v1/rtp-sessions/{id}", self.by_session)
         r.add_delete("/v1/rtp-sessions/{id}", self.by_session)
         r.add_get("/metrics", self.metrics)

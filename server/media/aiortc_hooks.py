@@ -72,7 +72,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
-from server.config import OPUS_MAX_COMPLEXITY
+from server.ops.config import OPUS_MAX_COMPLEXITY
 from server.reorder import Reorderer, ReorderStats
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """One worker: load the model, serve the app on a socket until SIGTERM, then drain.
 
 `percepnet-server` runs one of these itself (one worker) or one per process behind the
-router (server/ops/router.py); both import it from here.
+router (server/serving/router.py); both import it from here.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from percepnet.streaming import (
     warm_up,
 )
 from server.app import MANAGER_KEY, create_app
-from server.config import Config, ConfigError, ListenError
-from server.gcwatch import freeze_startup_heap
+from server.ops.config import Config, ConfigError, ListenError
+from server.ops.gcwatch import freeze_startup_heap
 
 log = logging.getLogger("server")
 
@@ -101,7 +101,7 @@ async def serve_worker(
     else:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
     # Everything is loaded and warmed: exempt it from the collector, so no full
-    # collection stalls the streams' event loop (server/gcwatch.py).
+    # collection stalls the streams' event loop (server/ops/gcwatch.py).
     log.debug("worker %d: %d start-up objects frozen", worker_index, freeze_startup_heap())
     try:
         await start_site(site, config)

@@ -10,7 +10,7 @@
     GET    /streams/{key}          the stream's JSON
     POST   /streams/{key}/control  JSON {enabled?, attenuation_limit_db?} -> stream JSON
     GET    /metrics /healthz /readyz /config.json, and the page at /
-    POST   /v1/rtp-sessions, GET/DELETE /v1/rtp-sessions/{key}: sidecar RTP (server/sidecar/rtp.py)
+    POST   /v1/rtp-sessions, GET/DELETE /v1/rtp-sessions/{key}: sidecar RTP (server/sidecar/)
 
 mode is "enhance" (default) or "passthrough" (no DSP at all: the benchmark baseline).
 
@@ -35,7 +35,7 @@ from server.ops.gcwatch import GcMonitor
 from server.ops.health import LAG_KEY, LoopLagMonitor, healthz, prometheus_metrics, readyz
 from server.ops.prometheus import Metrics
 from server.sessions.manager import SessionManager
-from server.sidecar import rtp
+from server.sidecar import service as rtp_sidecar
 from server.signalling.http import guard
 from server.signalling.page import client_config, index
 from server.signalling.streams import control, stream, streams
@@ -93,7 +93,7 @@ def create_app(
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", prometheus_metrics)
     r.add_get("/config.json", client_config)
-    rtp.install(app, config, manager, app_metrics)  # sidecar: /v1/rtp-sessions
+    rtp_sidecar.install(app, config, manager, app_metrics)  # sidecar: /v1/rtp-sessions
     r.add_get("/", index)
     if config.static_dir.is_dir():
         r.add_static("/static/", config.static_dir)

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from server.ops.prometheus import Metrics
-from server.sidecar.rtp import RtpMetrics
+from server.sidecar.endpoint import RtpMetrics
 
 jsonschema = pytest.importorskip("jsonschema")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

@@ -25,7 +25,8 @@ from percepnet.enhancer import Enhancer
 from server.app import MANAGER_KEY, create_app
 from server.ops.config import Config
 from server.sessions import manager as session_module
-from server.sidecar.rtp import RTP_KEY, RtpSettings
+from server.sidecar.request import RtpSettings
+from server.sidecar.service import RTP_KEY
 from tests.test_security import candidate_less_offer
 
 MAX_EXAMPLES = 120

@@ -280,7 +280,7 @@ class Router:
         r.add_get("/streams/{id}", self.by_session)
         r.add_delete("/streams/{id}", self.by_session)
         r.add_post("/streams/{id}/control", self.by_session)
-        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/sidecar/rtp.py)
+        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/sidecar/)
         r.add_get("/v1/rtp-sessions/{id}", self.by_session)
         r.add_delete("/v1/rtp-sessions/{id}", self.by_session)
         r.add_get("/metrics", self.metrics)

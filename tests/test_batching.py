@@ -16,7 +16,7 @@ from percepnet.analysis import Frames
 from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import MODELS_DIR, OnnxModel, OnnxSource, gains_for_many
-from server.media.aiortc_hooks import arrival_clock
+from server.media.aiortc_hooks.inline_codecs import arrival_clock
 from server.media.convert import to_stereo_s16
 from server.media.processor import StreamProcessor, StreamStats, process_many
 from server.media.runners import RECENT_S, BatchRunner

@@ -27,7 +27,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from percepnet.streaming import SAMPLE_RATE
-from server.media.aiortc_hooks import arrival_clock, arrival_time
+from server.media.aiortc_hooks.inline_codecs import arrival_clock, arrival_time
 from server.media.convert import OUT_TIME_BASE, level_db, to_mono, to_stereo_s16
 from server.media.processor import StreamProcessor, StreamStats
 from server.media.runners import Runner

@@ -19,7 +19,7 @@ from aiortc.rtp import RtpPacket, is_rtcp
 from prometheus_client import Counter
 
 from percepnet.streaming import PACKET_SAMPLES, SAMPLE_RATE
-from server.media.aiortc_hooks import arrival_clock
+from server.media.aiortc_hooks.inline_codecs import arrival_clock
 from server.media.convert import level_db
 from server.media.opus import LONG_PACKETS, OpusPayloadDecoder, OpusPayloadEncoder
 from server.media.processor import StreamProcessor

@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from idle_gap import spin  # noqa: E402
 
-from percepnet import analysis, mixing, stft  # noqa: E402
+from percepnet import analysis, stft  # noqa: E402
+from percepnet import gains as mixing  # noqa: E402
 from percepnet.constants import FRAME_SIZE, NB_FEATURES  # noqa: E402
 from percepnet.enhancer import _push, warm_up  # noqa: E402
 from percepnet.runtime import OnnxModel, gains_for_many, load_enhancer_factory  # noqa: E402

@@ -38,10 +38,10 @@ from percepnet.constants import (
     SAMPLE_RATE,
     WINDOW_SIZE,
 )
+from percepnet.gains import apply_gains
 from percepnet.jit import jit
-from percepnet.mixing import apply_gains
 from percepnet.settings import StreamSettings, gain_floor
-from percepnet.stft import analysis, overlap_add, synthesis, synthesise_stream
+from percepnet.stft import analysis_fft, overlap_add, synthesis, synthesise_stream
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -96,7 +96,7 @@ class OracleSource:
         buffers = step_buffers(self._padded, int(steps[0]), len(steps))
         g, r = oracle_targets(frames, buffers)
         if not self.use_pitch_filter:
-            E_x = band_energy(analysis(buffers[:, DECIDED]))
+            E_x = band_energy(analysis_fft(buffers[:, DECIDED]))
             return np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0), None
         return g, r
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 ENV_PREFIX = "PERCEPNET_"
-PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
+PACKAGE_STATIC = Path(__file__).resolve().parents[1] / "static"
 
 Offload = Literal["batch", "inline", "thread"]
 LogFormat = Literal["text", "json"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from percepnet.constants import INT16_SCALE
 from percepnet.data.paths import DataConfig, Log
 from percepnet.data.screening import FloatArray
 from percepnet.data.sources import DEBIAN_PACKAGES, PARTIAL_MEMBERS, ZIP_MEMBERS
@@ -128,5 +129,5 @@ def decode_g722(path: Path) -> FloatArray:
     if not parts:
         raise ValueError(f"{path.name}: no audio")
     x = np.concatenate(parts)
-    scale = 32768.0 if x.dtype == np.int16 else 1.0
+    scale = INT16_SCALE if x.dtype == np.int16 else 1.0
     return np.asarray(x, dtype=np.float64) / scale

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from percepnet.constants import INT16_SCALE
 from percepnet.data.inventory import Entry
 from percepnet.data.paths import DataConfig, Log
 from percepnet.data.screening import FloatArray, read_mono
@@ -33,7 +34,9 @@ class Pack:
 
     def clip(self, i: int) -> tuple[FloatArray, int]:
         o, n = int(self.offsets[i]), int(self.lengths[i])
-        return np.asarray(self.samples[o : o + n], dtype=np.float64) / 32768.0, int(self.rates[i])
+        return np.asarray(self.samples[o : o + n], dtype=np.float64) / INT16_SCALE, int(
+            self.rates[i]
+        )
 
     @property
     def hours(self) -> float:
@@ -66,7 +69,7 @@ def build_pack(
         peak = float(np.max(np.abs(x)))
         if peak <= 0:
             continue
-        q = np.round(x * (10 ** (-1 / 20) / peak) * 32767).astype(np.int16)
+        q = np.round(x * (10 ** (-1 / 20) / peak) * (INT16_SCALE - 1)).astype(np.int16)
         if pos + len(q) > len(mm):
             q = q[: len(mm) - pos]
         mm[pos : pos + len(q)] = q

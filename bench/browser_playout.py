@@ -31,7 +31,7 @@ from bench.common import CHROMIUM, CHROMIUM_FLAGS, noisy_speech
 from percepnet.constants import SAMPLE_RATE
 from percepnet.runtime import load_enhancer_factory
 from server.app import create_app
-from server.config import Config
+from server.ops.config import Config
 
 SETTLED_AFTER_S = 8
 """Readings from this second on count as the settled figure."""

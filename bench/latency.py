@@ -43,8 +43,8 @@ from bench.common import (
     wait_ready,
 )
 from percepnet.constants import SAMPLE_RATE
-from server import aiortc_speedups
 from server.client import PACKET_SAMPLES, ClientPeer, ClipTrack, lag_of, round_trip_ms
+from server.media import aiortc_hooks
 
 BUFFERS = ("relay", "aiortc")
 MODES = ("passthrough", "enhance")
@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--loss-every", type=int, default=0, help="drop every K-th packet (0: none)")
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
-    aiortc_speedups.install()  # the client: inline codecs, relay receive buffer
+    aiortc_hooks.install()  # the client: inline codecs, relay receive buffer
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     try:
         for buffer in BUFFERS:

@@ -105,11 +105,11 @@ def client_main(
     cpus: set[int] | None = None,
     inline_codecs: bool = True,
 ) -> None:
-    from server import aiortc_speedups
+    from server.media import aiortc_hooks
 
     if cpus:
         os.sched_setaffinity(0, cpus)
-    aiortc_speedups.install(inline_codecs=inline_codecs)
+    aiortc_hooks.install(inline_codecs=inline_codecs)
     asyncio.run(_client(url, n, mode, seed, conn))
 
 
@@ -279,7 +279,7 @@ def stream_cpu_delta(before: dict[str, float], after: dict[str, float]) -> float
 
 
 def main() -> int:
-    from server.config import Config
+    from server.ops.config import Config
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

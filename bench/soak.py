@@ -205,7 +205,7 @@ async def abandoned(args: argparse.Namespace) -> int:
 
     from percepnet.enhancer import Enhancer
     from server.app import MANAGER_KEY, create_app
-    from server.config import Config
+    from server.ops.config import Config
 
     config = Config(
         host="127.0.0.1",

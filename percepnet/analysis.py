@@ -47,7 +47,7 @@ from percepnet.constants import (
 )
 from percepnet.jit import jit
 from percepnet.pitch import track_block
-from percepnet.stft import WINDOW, analysis, spectra
+from percepnet.stft import WINDOW, analysis_fft, spectra
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
@@ -209,8 +209,8 @@ def oracle_targets(frames: Frames, clean_buffers: FloatArray) -> tuple[FloatArra
     Where even full filtering cannot restore the clean periodicity (q_p < q_x), r = 1
     and the gain takes an extra attenuation.
     """
-    X = analysis(clean_buffers[:, DECIDED])
-    P_x = analysis(comb_filter(clean_buffers, frames.period, frames.comb))
+    X = analysis_fft(clean_buffers[:, DECIDED])
+    P_x = analysis_fft(comb_filter(clean_buffers, frames.period, frames.comb))
     E_x = band_energy(X)
     q_x = coherence(band_cross(X, P_x), E_x, band_energy(P_x))
     g = np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0)

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from percepnet.audio import AudioError
-from percepnet.runtime import ModelError
+from percepnet.runtime import DEFAULT_MODEL, MODELS_DIR, ModelError
+from percepnet.settings import MAX_ATTENUATION_DB
+from percepnet.version import package_version
 
 
 def _cmd_oracle(args: argparse.Namespace) -> int:
@@ -163,18 +165,6 @@ EXIT_FILES_FAILED = 1
 """enhance: some files could not be read or written (the others were enhanced)."""
 EXIT_ERROR = 2
 """Nothing done: bad arguments, a missing input, conflicting outputs, an unusable model."""
-MAX_ATTENUATION_DB = 100.0
-"""Largest attenuation limit taken (the same bound as the service's stream control)."""
-
-
-def package_version() -> str:
-    """The installed distribution's version (pyproject.toml's), for --version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("percepnet")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def _bounded(
@@ -249,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output folder (required)")
     p.add_argument(
-        "--model", default=None, help="ONNX model (default: the shipped models/percepnet-int8.onnx)"
+        "--model",
+        default=None,
+        help=f"ONNX model (default: the shipped {DEFAULT_MODEL.relative_to(MODELS_DIR.parent)})",
     )
     p.add_argument(
         "--no-postfilter",
@@ -282,38 +274,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the network on on-the-fly mixtures")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log (required)")
     p.add_argument(
-        "--minutes", type=positive, default=60.0, help="wall-time budget in total (default: 60)"
+        "--minutes",
+        type=positive,
+        default=60.0,
+        help="wall-time budget in total (default: %(default)g)",
     )
-    p.add_argument("--batch", type=_bounded(int, 1), default=16, help="batch size (default: 16)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument(
-        "--conv", type=_bounded(int, 1), default=128, help="conv channels (default: 128)"
+        "--batch", type=_bounded(int, 1), default=16, help="batch size (default: %(default)g)"
     )
-    p.add_argument("--gru", type=_bounded(int, 1), default=160, help="GRU size (default: 160)")
-    p.add_argument("--layers", type=_bounded(int, 1), default=3, help="GRU layers (default: 3)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)g)")
+    p.add_argument(
+        "--conv", type=_bounded(int, 1), default=128, help="conv channels (default: %(default)g)"
+    )
+    p.add_argument(
+        "--gru", type=_bounded(int, 1), default=160, help="GRU size (default: %(default)g)"
+    )
+    p.add_argument(
+        "--layers", type=_bounded(int, 1), default=3, help="GRU layers (default: %(default)g)"
+    )
     p.add_argument(
         "--strength-gru",
         type=_bounded(int, 1),
         default=64,
-        help="comb-strength GRU size (default: 64)",
+        help="comb-strength GRU size (default: %(default)g)",
     )
     p.add_argument(
         "--workers",
         type=_bounded(int, 0),
         default=1,
-        help="data-loader processes; 0: in the training process (default: 1)",
+        help="data-loader processes; 0: in the training process (default: %(default)g)",
     )
     p.add_argument(
         "--fresh",
         type=_bounded(int, 1),
         default=8,
-        help="new mixtures per batch, the rest replayed (default: 8)",
+        help="new mixtures per batch, the rest replayed (default: %(default)g)",
     )
     p.add_argument(
         "--eval-every",
         type=positive,
         default=10.0,
-        help="minutes between dev evaluations (default: 10)",
+        help="minutes between dev evaluations (default: %(default)g)",
     )
     p.add_argument(
         "--data",

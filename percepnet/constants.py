@@ -51,6 +51,18 @@ LATENCY_SAMPLES = (WINDOW_SIZE - FRAME_SIZE) + LOOKAHEAD_SAMPLES
 
 LATENCY_MS = 1000.0 * LATENCY_SAMPLES / SAMPLE_RATE
 
+PACKET_FRAMES = 2
+"""Enhancer frames in one 20 ms packet, what WebRTC's Opus path carries per frame."""
+
+PACKET_SAMPLES = PACKET_FRAMES * FRAME_SIZE
+"""Samples of one 20 ms packet at SAMPLE_RATE (960)."""
+
+BLOCK_STEPS = 256
+"""Steps the whole-signal paths analyse at once (bounds their memory to ~60 MB)."""
+
+INT16_SCALE = 32768.0
+"""Full scale of 16-bit PCM: float x in [-1, 1) is int16 x * INT16_SCALE (clip first)."""
+
 NB_FEATURES = 2 * NB_BANDS + 2
 """Per-frame network input: log band energies, pitch coherences, period, correlation."""
 

@@ -29,6 +29,7 @@ from percepnet.analysis import (
 from percepnet.bands import BAND_CENTRES, band_energy
 from percepnet.constants import (
     BIN_HZ,
+    BLOCK_STEPS,
     BUFFER_SAMPLES,
     EPS,
     FRAME_SIZE,
@@ -37,9 +38,10 @@ from percepnet.constants import (
     SAMPLE_RATE,
     WINDOW_SIZE,
 )
+from percepnet.gains import apply_gains
 from percepnet.jit import jit
-from percepnet.mixing import apply_gains
-from percepnet.stft import analysis, overlap_add, synthesis, synthesise_stream
+from percepnet.settings import StreamSettings, gain_floor
+from percepnet.stft import analysis_fft, overlap_add, synthesis, synthesise_stream
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -94,7 +96,7 @@ class OracleSource:
         buffers = step_buffers(self._padded, int(steps[0]), len(steps))
         g, r = oracle_targets(frames, buffers)
         if not self.use_pitch_filter:
-            E_x = band_energy(analysis(buffers[:, DECIDED]))
+            E_x = band_energy(analysis_fft(buffers[:, DECIDED]))
             return np.clip(np.sqrt(E_x / (frames.E_y + EPS)), 0.0, 1.0), None
         return g, r
 
@@ -146,8 +148,9 @@ class Enhancer:
 
     process() takes FRAME_SIZE float samples at SAMPLE_RATE and returns FRAME_SIZE
     enhanced samples delayed by LATENCY_SAMPLES. Non-finite input samples are
-    replaced by zero and counted. With `enabled = False` the gains are unity (the
-    stream stays continuous and equally delayed); `attenuation_limit_db` floors g.
+    replaced by zero and counted. Its StreamSettings (`apply`) switch it to unity
+    gains (enabled=False: the stream stays continuous and equally delayed) and floor g
+    (attenuation_limit_db).
     """
 
     latency_samples = LATENCY_SAMPLES
@@ -163,11 +166,22 @@ class Enhancer:
     ) -> None:
         self.source: GainSource = source if source is not None else UnitySource()
         self.use_postfilter = use_postfilter
-        self.attenuation_limit_db = attenuation_limit_db
-        self.enabled = True
+        self.settings = StreamSettings(attenuation_limit_db=attenuation_limit_db)
         self._analyzer = Analyzer()
         self._unity = UnitySource()
         self.reset()
+
+    def apply(self, settings: StreamSettings) -> None:
+        """Use `settings` from the next frame on (already validated and converted)."""
+        self.settings = settings
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @property
+    def attenuation_limit_db(self) -> float | None:
+        return self.settings.attenuation_limit_db
 
     def reset(self) -> None:
         self._buffer = np.zeros(BUFFER_SAMPLES)
@@ -214,23 +228,19 @@ class Enhancer:
         self, frames: Frames, g: npt.ArrayLike, r: FloatArray | None
     ) -> Float32Array:
         """Second half of process_frames: apply g, r to the analysed frames; the output."""
-        g = limit_attenuation(np.asarray(g, dtype=np.float64), self.attenuation_limit_db)
+        settings = self.settings
+        gains: FloatArray = np.asarray(g, dtype=np.float64)
+        if settings.attenuation_limit_db is not None:
+            gains = np.maximum(gains, settings.gain_floor)
         d = self.diagnostics
-        d.voice_activity, d.mean_gain = _gain_summary(g[-1])
+        d.voice_activity, d.mean_gain = _gain_summary(gains[-1])
         d.pitch_hz = float(SAMPLE_RATE / frames.period[-1])
         d.pitch_correlation = float(frames.pitch_corr[-1])
-        postfilter = self.use_postfilter and self.enabled
-        if not self.enabled:
-            g, r = self._unity(frames)
-        spectra = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=postfilter)
+        postfilter = self.use_postfilter and settings.enabled
+        if not settings.enabled:
+            gains, r = self._unity(frames)
+        spectra = apply_gains(frames.Y, frames.P, frames.E_y, gains, r, use_postfilter=postfilter)
         return synthesise_stream(spectra, self._overlap)
-
-
-def limit_attenuation(g: FloatArray, limit_db: float | None) -> FloatArray:
-    """Floor band gains at -limit_db dB (None: no floor)."""
-    if limit_db is None:
-        return g
-    return np.maximum(g, 10.0 ** (-abs(limit_db) / 20.0))
 
 
 def warm_up(factory: Callable[[], Enhancer] | None = None) -> float:
@@ -244,7 +254,7 @@ def warm_up(factory: Callable[[], Enhancer] | None = None) -> float:
     noise = np.random.default_rng(0).standard_normal(3 * FRAME_SIZE) * 0.01
     enhancer.process(noise[:FRAME_SIZE])
     enhancer.process_frames(noise[FRAME_SIZE:])
-    enhancer.enabled = False
+    enhancer.apply(StreamSettings(enabled=False))
     enhancer.process_frames(noise[FRAME_SIZE:])
     return time.perf_counter() - start
 
@@ -267,10 +277,6 @@ class ChunkedStream:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-BLOCK_STEPS = 256
-"""Steps analysed at once by the whole-signal path (bounds memory to ~60 MB)."""
-
-
 def enhance_signal(
     x: npt.ArrayLike,
     source: GainSource | None = None,
@@ -291,12 +297,14 @@ def enhance_signal(
     n_steps = math.ceil((length + LATENCY_SAMPLES) / FRAME_SIZE)
     padded = pad_signal(sig, n_steps)
     analyzer = Analyzer()
+    floor = None if attenuation_limit_db is None else gain_floor(attenuation_limit_db)
     synth = np.empty((n_steps, WINDOW_SIZE))
     for first in range(0, n_steps, BLOCK_STEPS):
         count = min(BLOCK_STEPS, n_steps - first)
         frames = analyzer.process(step_buffers(padded, first, count))
         g, r = src(frames)
-        g = limit_attenuation(g, attenuation_limit_db)
+        if floor is not None:
+            g = np.maximum(g, floor)
         spectrum = apply_gains(frames.Y, frames.P, frames.E_y, g, r, use_postfilter=use_postfilter)
         synth[first : first + count] = synthesis(spectrum)
     out = overlap_add(synth)

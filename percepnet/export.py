@@ -16,21 +16,21 @@ import numpy as np
 import torch
 
 from percepnet.constants import NB_FEATURES
-from percepnet.model import (
+from percepnet.graph_names import (
+    INPUT_FEATURES,
+    OUTPUT_GAINS,
+    OUTPUT_STRENGTHS,
     STATE,
+    STATE_SUFFIX,
+)
+from percepnet.model import (
     PercepNet,
     StreamingPercepNet,
     count_parameters,
     state_shapes,
     state_size,
 )
-from percepnet.runtime import (
-    INPUT_FEATURES,
-    OUTPUT_GAINS,
-    OUTPUT_STRENGTHS,
-    STATE_SUFFIX,
-    OnnxModel,
-)
+from percepnet.runtime import OnnxModel
 
 OPSET = 17
 TOLERANCE = 1e-4

@@ -15,11 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from percepnet.analysis import Analyzer, oracle_targets, pad_signal, step_buffers
-from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES
+from percepnet.constants import BLOCK_STEPS, FRAME_SIZE, LATENCY_SAMPLES
 
 FloatArray = npt.NDArray[np.float64]
-
-BLOCK_STEPS = 256
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from percepnet.audio import resample
-from percepnet.constants import FRAME_SIZE, SAMPLE_RATE
+from percepnet.constants import FRAME_SIZE, INT16_SCALE, SAMPLE_RATE
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -46,9 +46,6 @@ RNNOISE_DELAY_SAMPLES = 2 * FRAME_SIZE
 """RNNoise output lags its input by two 480-sample frames (20 ms) at 48 kHz:
 one frame of window overlap plus one frame of buffering. Measured by
 cross-correlation in tests/test_metrics.py."""
-
-INT16_SCALE = 32768.0
-"""Full scale of the int16 domain RNNoise works in."""
 
 
 def _require(name: str) -> ModuleType:

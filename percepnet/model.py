@@ -136,12 +136,8 @@ class PercepNet(nn.Module):
 
 # ---- streaming form -------------------------------------------------------------------
 
-INPUT_FEATURES = "features"
-OUTPUT_GAINS = "gains"
-OUTPUT_STRENGTHS = "strengths"
-STATE = "state"
-"""The streaming graph's one state tensor [streams, state_size()]: input STATE, output
-STATE + "_out"."""
+# The streaming graph's one state tensor [streams, state_size()] is the input STATE and
+# the output STATE + STATE_SUFFIX (graph_names.py).
 
 
 def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -149,7 +145,7 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
     Each is [streams, size], one row per stream: the convolution histories flattened
     (oldest frame first), then one part per GRU. The graph takes and returns them as
-    one tensor (see STATE): every input and output of a run is a conversion in ONNX
+    one tensor (graph_names.STATE): every input and output of a run is a conversion in ONNX
     Runtime's Python binding, and seven of each cost about 10 % of a run.
     """
     shapes: dict[str, tuple[int, ...]] = {

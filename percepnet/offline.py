@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from percepnet.audio import AudioError, from_internal, read_audio, to_internal, write_audio
+from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import GainSource, OracleSource, enhance_signal
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def oracle_file(
     source = OracleSource(clean[:n], use_pitch_filter=pitch_filter)
     out = enhance_file_signal(noisy[:n], source, postfilter=postfilter)
     write_replacing(Path(out_path), from_internal(out, noisy_rate, noisy_raw.shape[1]), noisy_rate)
-    return {"seconds": n / 48_000, "nonfinite_input_samples": count_nonfinite(noisy_raw)}
+    return {"seconds": n / SAMPLE_RATE, "nonfinite_input_samples": count_nonfinite(noisy_raw)}
 
 
 def enhance_file_signal(

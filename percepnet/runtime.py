@@ -25,14 +25,11 @@ import numpy.typing as npt
 from percepnet.analysis import Frames
 from percepnet.constants import NB_BANDS, NB_FEATURES
 from percepnet.enhancer import Enhancer, GainPair, GainSource
+from percepnet.graph_names import INPUT_FEATURES, OUTPUT_GAINS, OUTPUT_STRENGTHS, STATE_SUFFIX
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "percepnet-int8.onnx"
 
-INPUT_FEATURES = "features"
-OUTPUT_GAINS = "gains"
-OUTPUT_STRENGTHS = "strengths"
-STATE_SUFFIX = "_out"
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]

@@ -83,7 +83,7 @@ def inverse(spectra: ComplexArray) -> FloatArray:
     return _irfft(np.asarray(spectra, dtype=np.complex128))
 
 
-def analysis(frames: FloatArray) -> ComplexArray:
+def analysis_fft(frames: FloatArray) -> ComplexArray:
     """Windowed real FFT of [..., WINDOW_SIZE] time frames -> [..., NB_BINS] spectra."""
     return spectra(frames * WINDOW)
 

@@ -26,9 +26,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtp import is_rtcp
 
-from percepnet.constants import SAMPLE_RATE
+from percepnet.streaming import INT16_SCALE, PACKET_SAMPLES, SAMPLE_RATE
 
-PACKET_SAMPLES = 960  # 20 ms: what aiortc's Opus path carries per frame
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 FloatArray = npt.NDArray[np.float64]
 
@@ -70,7 +69,7 @@ class ClipTrack(MediaStreamTrack):
             chunk = np.zeros(PACKET_SAMPLES)
             part = self.clip[begin : begin + PACKET_SAMPLES]
             chunk[: len(part)] = part
-        pcm = np.clip(np.rint(chunk * 32768.0), -32768, 32767).astype(np.int16)
+        pcm = np.clip(np.rint(chunk * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2).reshape(1, -1), "s16", "stereo")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = begin
@@ -217,7 +216,7 @@ class ClientPeer:
                     (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples)
                 )
                 data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-                rec.chunks.append(data.astype(np.float64).mean(axis=1) / 32768.0)
+                rec.chunks.append(data.astype(np.float64).mean(axis=1) / INT16_SCALE)
                 self._progress.set()
 
     async def wait_channel_open(self) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from percepnet.audio import load
-from percepnet.constants import SAMPLE_RATE
+from percepnet.streaming import SAMPLE_RATE, load_audio
 
 FloatArray = npt.NDArray[np.float64]
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +67,7 @@ def real_speech(seconds: float) -> FloatArray | None:
     files = sorted(folder.glob("*")) if folder.is_dir() else []
     for path in files:
         if path.suffix.lower() in (".ogg", ".flac", ".wav"):
-            x = load(path)
+            x = load_audio(path)
             n = int(seconds * SAMPLE_RATE)
             x = x[:n] if len(x) >= n else np.resize(x, n)
             return 0.25 * x / max(1e-9, float(np.abs(x).max()))

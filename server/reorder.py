@@ -3,8 +3,8 @@
 A playout jitter buffer holds packets to smooth their arrival times for a sound card;
 this service's output goes back over the network to a peer that has its own. Here a
 packet is only held while one before it is missing, and at most `max_held` of them:
-in order, a packet leaves at once. Used by the RTP sidecar (server/rtp.py) and, in
-place of aiortc's audio jitter buffer, by WebRTC receivers (server/aiortc_speedups.py).
+in order, a packet leaves at once. Used by the RTP sidecar (server/sidecar/) and, in
+place of aiortc's audio jitter buffer, by WebRTC receivers (server/media/aiortc_hooks.py).
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ from percepnet.analysis import Frames
 from percepnet.constants import FRAME_SIZE, LATENCY_SAMPLES, NB_BANDS
 from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import MODELS_DIR, OnnxModel, OnnxSource, gains_for_many
-from server.aiortc_speedups import arrival_clock
-from server.batching import RECENT_S, BatchRunner
-from server.metrics import Metrics
-from server.track import EnhancedTrack, StreamProcessor, StreamStats, process_many, to_stereo_s16
+from server.media.aiortc_hooks.inline_codecs import arrival_clock
+from server.media.convert import to_stereo_s16
+from server.media.processor import StreamProcessor, StreamStats, process_many
+from server.media.runners import RECENT_S, BatchRunner
+from server.media.track import EnhancedTrack
+from server.ops.prometheus import Metrics
 from tests.signals import add_noise, speechlike
 
 FLOAT_MODEL = MODELS_DIR / "percepnet.onnx"

@@ -31,7 +31,7 @@ from percepnet.enhancer import Enhancer, GainPair
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.app import MANAGER_KEY, create_app
 from server.clips import mix_at_snr, speech_like, white_noise
-from server.config import Config
+from server.ops.config import Config
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from percepnet.cli import EXIT_ERROR, EXIT_FILES_FAILED, build_parser, main
-from server.config import build_parser as server_parser
+from server.ops.config import build_parser as server_parser
 from tests.signals import add_noise, speechlike
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from server.metrics import Metrics
-from server.rtp import RtpMetrics
+from server.ops.prometheus import Metrics
+from server.sidecar.endpoint import RtpMetrics
 
 jsonschema = pytest.importorskip("jsonschema")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -173,7 +173,7 @@ def test_deployment_probes_drain_and_security() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     drain = float(env["PERCEPNET_DRAIN_TIMEOUT_S"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    router_wait = 10  # server/router.py waits drain + 10 s for its workers
+    router_wait = 10  # server/serving/router.py waits drain + 10 s for its workers
     assert pod["terminationGracePeriodSeconds"] >= drain + pre_stop + router_wait
     assert drain >= 600, "calls need minutes, not the 30 s default"
     assert pod["securityContext"]["runAsNonRoot"] is True

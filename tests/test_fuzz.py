@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from percepnet.enhancer import Enhancer
-from server import session as session_module
 from server.app import MANAGER_KEY, create_app
-from server.config import Config
-from server.rtp import RTP_KEY, RtpSettings
+from server.ops.config import Config
+from server.sessions import manager as session_module
+from server.sidecar.request import RtpSettings
+from server.sidecar.service import RTP_KEY
 from tests.test_security import candidate_less_offer
 
 MAX_EXAMPLES = 120

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from server.gcwatch import GcMonitor, freeze_startup_heap
+from server.ops.gcwatch import GcMonitor, freeze_startup_heap
 
 
 def _count(registry: CollectorRegistry, generation: str) -> float:

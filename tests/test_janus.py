@@ -37,7 +37,10 @@ from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.app import MANAGER_KEY
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
-from server.rtp import RTP_KEY, OpusDecoder, OpusEncoder, RtpSettings
+from server.media.opus import OpusPayloadDecoder as OpusDecoder
+from server.media.opus import OpusPayloadEncoder as OpusEncoder
+from server.sidecar.request import RtpSettings
+from server.sidecar.service import RTP_KEY
 from tests.test_rtp import FFMPEG, LOOPBACK, ffmpeg, levels, sidecar
 
 JANUS = shutil.which("janus")

@@ -10,7 +10,7 @@ from percepnet.analysis import Analyzer, pad_signal, step_buffers
 from percepnet.bands import BAND_WEIGHTS, band_cross, band_energy, interp_band_gain
 from percepnet.comb import CONTEXT_SAMPLES, HISTORY_SAMPLES, TAP_OFFSETS, comb_filter, comb_weights
 from percepnet.constants import BUFFER_SAMPLES, EPS, NB_BANDS, NB_BINS, POSTFILTER_BETA
-from percepnet.mixing import apply_gains, postfilter
+from percepnet.gains import apply_gains, postfilter
 from tests.signals import add_noise, speechlike
 
 RNG = np.random.default_rng(11)

@@ -1,4 +1,4 @@
-"""Sidecar mode (server/rtp.py): plain Opus RTP in and out, driven by ffmpeg on both ends.
+"""Sidecar mode (server/sidecar/): plain Opus RTP in and out, driven by ffmpeg on both ends.
 
 ffmpeg sends a noisy file as Opus RTP to the port the service allocates; a second
 ffmpeg, given an SDP file, receives the cleaned stream into a WAV; the test measures
@@ -29,15 +29,11 @@ from percepnet.enhancer import Enhancer
 from percepnet.runtime import DEFAULT_MODEL, load_enhancer_factory
 from server.client import lag_of
 from server.clips import mix_at_snr, speech_like, white_noise
+from server.media.opus import OpusPayloadDecoder as OpusDecoder
+from server.media.opus import OpusPayloadEncoder as OpusEncoder
 from server.reorder import Reorderer
-from server.rtp import (
-    RTP_KEY,
-    OpusDecoder,
-    OpusEncoder,
-    RtpSettings,
-    RtpSetupError,
-    parse_request,
-)
+from server.sidecar.request import RtpSettings, RtpSetupError, parse_request
+from server.sidecar.service import RTP_KEY
 from tests.test_server import GAIN_DB, Served, envelope_db, fixed_gain_enhancer, serve
 
 FFMPEG = shutil.which("ffmpeg")

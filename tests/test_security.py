@@ -26,14 +26,16 @@ from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import Enhancer
 from server.client import ClientPeer, ClipTrack, candidate_less_offer
 from server.clips import speech_like
-from server.config import Config, ConfigError, load_config
-from server.rtp import RTP_KEY, OpusEncoder, RtpSettings
-from server.session import (
+from server.media.opus import OpusPayloadEncoder as OpusEncoder
+from server.ops.config import Config, ConfigError, load_config
+from server.sessions.manager import (
     MAX_CANDIDATES_PER_PATCH,
     MAX_CANDIDATES_PER_SESSION,
     PATCH_BURST,
     SECRET_BYTES,
 )
+from server.sidecar.request import RtpSettings
+from server.sidecar.service import RTP_KEY
 from tests.test_server import Served, serve
 
 LOOPBACK = "127.0.0.1"
@@ -599,8 +601,8 @@ async def test_a_client_cannot_claim_another_address_to_a_worker_it_reaches_dire
 def test_address_rules() -> None:
     import ipaddress
 
-    from server.rtp import DestinationRefused, check_destination, same_host
-    from server.session import client_key, is_unicast
+    from server.sessions.addresses import client_key, is_unicast
+    from server.sidecar.destinations import DestinationRefused, check_destination, same_host
 
     # one IPv6 host holds a /64: per-client limits count the /64
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")

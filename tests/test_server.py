@@ -27,7 +27,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from percepnet.analysis import Frames
 from percepnet.constants import LATENCY_SAMPLES, NB_BANDS, SAMPLE_RATE
 from percepnet.enhancer import Enhancer, GainPair
-from server import aiortc_speedups
 from server.app import MANAGER_KEY, create_app
 from server.client import (
     PACKET_SAMPLES,
@@ -38,7 +37,8 @@ from server.client import (
     round_trip_ms,
 )
 from server.clips import speech_like
-from server.config import Config
+from server.media import aiortc_hooks as aiortc_speedups
+from server.ops.config import Config
 
 FloatArray = np.ndarray
 GAIN_DB = -20.0

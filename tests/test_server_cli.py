@@ -24,7 +24,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from percepnet.enhancer import Enhancer
 from server.__main__ import main
-from server.aiortc_speedups import (
+from server.app import create_app
+from server.client import ClientPeer, ClipTrack, SignallingError
+from server.clips import speech_like
+from server.media.aiortc_hooks import (
     OPUS_DEFAULT_COMPLEXITY,
     ExpandingQueue,
     InlineDecoder,
@@ -36,10 +39,8 @@ from server.aiortc_speedups import (
     receive_stats,
     relay_buffer_installed,
 )
-from server.app import create_app
-from server.client import ClientPeer, ClipTrack, SignallingError
-from server.clips import speech_like
-from server.config import (
+from server.media.convert import to_stereo_s16
+from server.ops.config import (
     STREAMS_PER_CORE,
     Config,
     ConfigError,
@@ -47,10 +48,9 @@ from server.config import (
     load_config,
     parse_ice_server,
 )
-from server.metrics import Metrics
+from server.ops.prometheus import Metrics
 from server.reorder import ReorderStats
-from server.router import _MergedCollector, merge_metrics
-from server.track import to_stereo_s16
+from server.serving.router import _MergedCollector, merge_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -524,7 +524,7 @@ def test_installed_aiortc_is_one_the_hooks_fit_and_pyproject_pins_it() -> None:
     import aiortc
     from packaging.requirements import Requirement
 
-    from server import aiortc_speedups as hooks
+    from server.media import aiortc_hooks as hooks
 
     assert aiortc.__version__ in hooks.TESTED_AIORTC, aiortc.__version__
     assert hooks.contract_problems() == [] and hooks._source_fits() == []
@@ -545,7 +545,7 @@ def _decoder_worker_of_1_15(loop: Any, input_q: Any, output_q: Any) -> None:
 
 @pytest.mark.parametrize("case", ["version", "signature", "missing"])
 def test_contract_finds_an_aiortc_the_hooks_do_not_fit(case: str) -> None:
-    from server import aiortc_speedups as hooks
+    from server.media import aiortc_hooks as hooks
 
     version = "1.15.0" if case == "version" else hooks.TESTED_AIORTC[0]
     signatures = dict(hooks.HOOKED_SIGNATURES)
@@ -566,7 +566,7 @@ def test_hooks_are_not_installed_on_an_aiortc_they_do_not_fit(
     import aiortc.rtcrtpreceiver
     import aiortc.rtcsctptransport
 
-    from server import aiortc_speedups as hooks
+    from server.media import aiortc_hooks as hooks
 
     original = hooks._ORIGINAL
     # this process as it was before any install(), but with aiortc 1.15.0

@@ -18,10 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.__main__ import JsonFormatter, main, setup_logging
+from server.__main__ import main
 from server.client import ClientPeer, ClipTrack
 from server.clips import speech_like
-from server.config import ConfigError, load_config
+from server.ops.config import ConfigError, load_config
+from server.ops.logs import JsonFormatter, setup_logging
 from tests.tls import client_context, make_self_signed
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 const SAMPLE_RATE = 48000;
-const NO_LIMIT = 60; // slider position meaning "no attenuation limit"
+// The slider's top position means "no attenuation limit"; the server says where that is
+// (maxAttenuationDb in /config.json, the largest limit it takes).
+const noLimit = () => Number($("limit").max);
 
 const state = {
   pc: null, channel: null, mic: null, remote: null, session: null, location: null,
@@ -73,6 +75,12 @@ async function join() {
     const cfgResp = await fetch("/config.json", { headers: headers() });
     if (!cfgResp.ok) throw new Error("config: HTTP " + cfgResp.status);
     const cfg = await cfgResp.json();
+    if (cfg.maxAttenuationDb) {
+      const atTop = Number($("limit").value) >= noLimit();
+      $("limit").max = cfg.maxAttenuationDb;
+      if (atTop) $("limit").value = cfg.maxAttenuationDb;
+      showLimit();
+    }
     const pc = new RTCPeerConnection({ iceServers: cfg.iceServers || [] });
     state.pc = pc;
     pc.addTransceiver(state.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [state.mic] });
@@ -241,7 +249,7 @@ async function pollRtt() {
 
 function limitValue() {
   const v = Number($("limit").value);
-  return v >= NO_LIMIT ? null : v;
+  return v >= noLimit() ? null : v;
 }
 
 function showLimit() {
@@ -379,6 +387,6 @@ if (navigator.mediaDevices) {
 window.percepnet = {
   join, leave, record, state,
   setEnabled(on) { $("enabled").checked = on; sendControls(); },
-  setLimit(db) { $("limit").value = db === null ? NO_LIMIT : db; showLimit(); sendControls(); },
+  setLimit(db) { $("limit").value = db === null ? noLimit() : db; showLimit(); sendControls(); },
   connected: () => !!(state.pc && state.pc.connectionState === "connected" && state.analyserOut),
 };

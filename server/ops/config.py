@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 ENV_PREFIX = "PERCEPNET_"
-PACKAGE_STATIC = Path(__file__).resolve().parent / "static"
+PACKAGE_STATIC = Path(__file__).resolve().parents[1] / "static"
 
 Offload = Literal["batch", "inline", "thread"]
 LogFormat = Literal["text", "json"]
@@ -24,6 +24,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STREAMS_PER_CORE = 10
 """Default capacity per worker (one per core): enhanced streams one core held without
 loss in the load sweeps (README, results/service_load.md). --max-streams overrides it."""
+OPUS_MIN_COMPLEXITY = 0
+OPUS_MAX_COMPLEXITY = 10
+"""libopus encoder complexity range; the highest is also libopus's default (aiortc's)."""
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
@@ -94,15 +97,16 @@ class Config:
     decoder threads: a frame with more than this much audio queued behind it)."""
     inline_codecs: bool = True
     """Opus decode and encode of audio on the event loop, not in aiortc's threads (the
-    hand-offs cost more than the codec; server/aiortc_speedups.py)."""
+    hand-offs cost more than the codec; server/media/aiortc_hooks.py)."""
     receive_buffer: str = "relay"
     """WebRTC audio in: relay (each packet decoded as it arrives in order; only a gap holds
     the packet after it, 20 ms) or aiortc (its playout buffer: every packet waits four more, 80 ms;
-    server/aiortc_speedups.py item 4)."""
+    server/media/aiortc_hooks.py item 4)."""
     opus_complexity: int = 5
-    """libopus encoder complexity 0-10 for what WebRTC peers get back (aiortc's default is
-    10; at its 96 kbit/s, 5 costs about a third less CPU at the same measured quality,
-    results/opus_complexity.md). The RTP sidecar's 32 kbit/s mono encoder keeps 10."""
+    """libopus encoder complexity for what WebRTC peers get back (aiortc's default is the
+    highest, OPUS_MAX_COMPLEXITY; at its 96 kbit/s, 5 costs about a third less CPU at the
+    same measured quality, results/opus_complexity.md). The RTP sidecar's 32 kbit/s mono
+    encoder keeps the highest."""
     max_body_bytes: int = 64 * 1024
     """Largest signalling body accepted (an SDP offer is a few kB)."""
     drain_timeout_s: float = 30.0
@@ -147,8 +151,11 @@ class Config:
             )
         if not 0 <= self.batch_window_ms <= 20:
             raise ConfigError(f"batch window must be 0-20 ms, not {self.batch_window_ms}")
-        if not 0 <= self.opus_complexity <= 10:
-            raise ConfigError(f"Opus complexity must be 0-10, not {self.opus_complexity}")
+        if not OPUS_MIN_COMPLEXITY <= self.opus_complexity <= OPUS_MAX_COMPLEXITY:
+            raise ConfigError(
+                f"Opus complexity must be {OPUS_MIN_COMPLEXITY}-{OPUS_MAX_COMPLEXITY}, "
+                f"not {self.opus_complexity}"
+            )
         if self.frame_deadline_ms <= 0 or self.max_body_bytes <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("deadline, body size and drain timeout must be positive")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -192,6 +199,10 @@ class Config:
         )
 
 
+DEFAULTS = Config()
+"""Every setting at its default: what the flags' help strings quote."""
+
+
 def parse_ice_server(spec: str) -> IceServer:
     """`turn:host:3478?transport=udp` or `turns:user:secret@host:5349` or `stun:host:3478`.
 
@@ -220,13 +231,14 @@ def default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags; each help names Config's default (read from it, not restated)."""
     p = argparse.ArgumentParser(
         prog="percepnet-server",
         description="PercepNet WebRTC speech-enhancement service. Every flag also reads "
         "PERCEPNET_<FLAG> from the environment (e.g. PERCEPNET_MAX_STREAMS).",
     )
-    p.add_argument("--host", help="listen address (default: 0.0.0.0)")
-    p.add_argument("--port", type=int, help="listen port (default: 8080)")
+    p.add_argument("--host", help=f"listen address (default: {DEFAULTS.host})")
+    p.add_argument("--port", type=int, help=f"listen port (default: {DEFAULTS.port})")
     p.add_argument("--model", help="ONNX model path (default: models/percepnet-int8.onnx)")
     p.add_argument(
         "--unity-gains",
@@ -259,35 +271,40 @@ def build_parser() -> argparse.ArgumentParser:
         "PERCEPNET_RTP_ALLOW; default: loopback only). Multicast and broadcast never",
     )
     p.add_argument(
-        "--max-pending", type=int, help="not-yet-connected sessions per worker (default: 16)"
+        "--max-pending",
+        type=int,
+        help=f"not-yet-connected sessions per worker (default: {DEFAULTS.max_pending})",
     )
     p.add_argument(
         "--max-pending-per-client",
         type=int,
-        help="not-yet-connected sessions of one client address per worker (default: 4)",
+        help="not-yet-connected sessions of one client address per worker "
+        f"(default: {DEFAULTS.max_pending_per_client})",
     )
     p.add_argument(
         "--connect-timeout",
         dest="connect_timeout_s",
         type=float,
-        help="seconds a session may take to connect or send its first RTP (default: 10)",
+        help="seconds a session may take to connect or send its first RTP "
+        f"(default: {DEFAULTS.connect_timeout_s:g})",
     )
     p.add_argument(
         "--offload",
         choices=["batch", "inline", "thread"],
         help="where the enhancer runs: on the loop with streams batched for the model "
-        "(batch), on the loop one by one (inline), or in a thread (default: batch)",
+        f"(batch), on the loop one by one (inline), or in a thread (default: {DEFAULTS.offload})",
     )
     p.add_argument(
         "--batch-window-ms",
         type=float,
         help="batch: longest wait for other streams to share a model run; 0: only "
-        "packets that arrive together (default: 20)",
+        f"packets that arrive together (default: {DEFAULTS.batch_window_ms:g})",
     )
     p.add_argument(
         "--frame-deadline-ms",
         type=float,
-        help="frames that waited longer than this after decoding pass through (default: 60)",
+        help="frames that waited longer than this after decoding pass through "
+        f"(default: {DEFAULTS.frame_deadline_ms:g})",
     )
     p.add_argument(
         "--inline-codecs",
@@ -298,22 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--receive-buffer",
         choices=["relay", "aiortc"],
         help="WebRTC audio in: decoded in order as it arrives (relay) or after "
-        "aiortc's 80 ms playout buffer (aiortc) (default: relay)",
+        f"aiortc's 80 ms playout buffer (aiortc) (default: {DEFAULTS.receive_buffer})",
     )
     p.add_argument(
         "--opus-complexity",
         type=int,
-        help="libopus complexity 0-10 of the audio sent back to WebRTC peers; aiortc's "
-        "is 10 (default: 5)",
+        help=f"libopus complexity {OPUS_MIN_COMPLEXITY}-{OPUS_MAX_COMPLEXITY} of the audio sent "
+        f"back to WebRTC peers; aiortc's is {OPUS_MAX_COMPLEXITY} "
+        f"(default: {DEFAULTS.opus_complexity})",
     )
     p.add_argument(
-        "--max-body-bytes", type=int, help="largest signalling body in bytes (default: 65536)"
+        "--max-body-bytes",
+        type=int,
+        help=f"largest signalling body in bytes (default: {DEFAULTS.max_body_bytes})",
     )
     p.add_argument(
         "--drain-timeout",
         dest="drain_timeout_s",
         type=float,
-        help="on SIGTERM, seconds to wait for streams to end (default: 30)",
+        help="on SIGTERM, seconds to wait for streams to end "
+        f"(default: {DEFAULTS.drain_timeout_s:g})",
     )
     p.add_argument(
         "--static-dir", help="directory of the browser page (default: the packaged server/static)"
@@ -323,12 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         choices=LOG_LEVELS,
         help="least severe level logged; aioice's per-candidate INFO lines show only at "
-        "DEBUG (default: INFO)",
+        f"DEBUG (default: {DEFAULTS.log_level})",
     )
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
-        help="text lines, or one JSON object per line for log pipelines (default: text)",
+        help="text lines, or one JSON object per line for log pipelines "
+        f"(default: {DEFAULTS.log_format})",
     )
     p.add_argument(
         "--tls-cert",
@@ -342,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _package_version() -> str:
-    from percepnet.cli import package_version
+    # Imported here: the streaming API loads the DSP and the model runtime, which
+    # parsing flags does not need.
+    from percepnet.streaming import package_version
 
     return package_version()
 

@@ -18,41 +18,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
-import math
 import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aiortc import (
     RTCConfiguration,
-    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.rtcdatachannel import RTCDataChannel
-from aiortc.sdp import candidate_from_sdp
 
-from percepnet.enhancer import Enhancer
-from server import aiortc_speedups
-from server.batching import BatchRunner, InlineRunner, Runner, ThreadRunner
-from server.config import Config
-from server.httputil import parse_json
-from server.metrics import Metrics
-from server.track import EnhancedTrack, StreamProcessor, StreamStats
+from percepnet.streaming import Enhancer, StreamSettings
+from server.media import aiortc_hooks
+from server.media.processor import StreamProcessor, StreamStats
+from server.media.runners import BatchRunner, InlineRunner, Runner, ThreadRunner
+from server.media.track import EnhancedTrack
+from server.ops.config import Config
+from server.ops.prometheus import Metrics
+from server.sessions.addresses import client_key
+from server.sessions.controls import parse_control
+from server.sessions.errors import (
+    BadRequest,
+    Draining,
+    EnhancerUnavailable,
+    IceRestartUnsupported,
+    ServiceFull,
+    TooManyPending,
+    TooManyRequests,
+    UnknownSession,
+)
+from server.sessions.ice import candidate_lines, check_candidate, ice_servers, ice_ufrag
+from server.sessions.ids import new_session_id
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["enhance", "passthrough"]
-MAX_ATTENUATION_DB = 100.0
-MAX_CONTROL_BYTES = 4096
 CPU_WINDOW_S = 1.0
 SECRET_BYTES = 24
 """Session secrets: 192 bits from secrets (the OS CSPRNG), URL-safe base64."""
@@ -68,88 +76,6 @@ PATCH_PER_S = 1.0
 """Trickle PATCHes per session: a burst of PATCH_BURST, then PATCH_PER_S (token bucket)."""
 
 
-class SessionError(Exception):
-    """Base of the errors the HTTP layer maps onto status codes."""
-
-    status = 500
-
-
-class BadOffer(SessionError):
-    status = 400
-
-
-class ServiceFull(SessionError):
-    status = 503
-
-
-class Draining(SessionError):
-    status = 503
-
-
-class UnknownSession(SessionError):
-    status = 404
-
-
-class EnhancerUnavailable(SessionError):
-    status = 500
-
-
-class IceRestartUnsupported(SessionError):
-    status = 422
-
-
-class TooManyPending(SessionError):
-    """This client already has max_pending_per_client sessions that are not connected."""
-
-    status = 429
-
-
-class TooManyRequests(SessionError):
-    status = 429
-
-
-@dataclass
-class Controls:
-    """Per-stream runtime settings; the enhancer reads them on its next frame."""
-
-    enabled: bool = True
-    attenuation_limit_db: float | None = None
-
-
-def parse_control(message: object) -> dict[str, Any]:
-    """Validate a control message; returns only the recognised, well-typed settings.
-
-    Accepts a JSON object (or its text) with optional `enabled` (bool) and
-    `attenuation_limit_db` (number in [0, 100] dB, or null for no limit). Raises
-    ValueError for anything else, so garbage can be counted and ignored.
-    """
-    if isinstance(message, (bytes, bytearray, str)):
-        if len(message) > MAX_CONTROL_BYTES:
-            raise ValueError("control message too long")
-        message = parse_json(message)  # ValueError for bad UTF-8, depth, numbers
-    if not isinstance(message, dict):
-        raise ValueError("control message must be a JSON object")
-    if message.get("type", "control") != "control":
-        raise ValueError(f"unknown message type {message.get('type')!r}")
-    out: dict[str, Any] = {}
-    if "enabled" in message:
-        if not isinstance(message["enabled"], bool):
-            raise ValueError("enabled must be true or false")
-        out["enabled"] = message["enabled"]
-    if "attenuation_limit_db" in message:
-        limit = message["attenuation_limit_db"]
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-                raise ValueError("attenuation_limit_db must be a number or null")
-            if not (math.isfinite(limit) and 0.0 <= limit <= MAX_ATTENUATION_DB):
-                raise ValueError(f"attenuation_limit_db must be in [0, {MAX_ATTENUATION_DB}]")
-            limit = float(limit)
-        out["attenuation_limit_db"] = limit
-    if not out:
-        raise ValueError("control message sets nothing")
-    return out
-
-
 @dataclass
 class Session:
     id: str  # public: logs, /streams, metrics labels; grants nothing
@@ -160,7 +86,8 @@ class Session:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
     client: str = ""  # address admitted from (per-client pending limits)
     stats: StreamStats = field(default_factory=StreamStats)
-    controls: Controls = field(default_factory=Controls)
+    controls: StreamSettings = field(default_factory=StreamSettings)
+    """The stream's settings; the enhancer holds this same object (apply)."""
     track: EnhancedTrack | None = None
     processor: StreamProcessor | None = None
     channel: RTCDataChannel | None = None
@@ -189,18 +116,16 @@ class Session:
 
     def receive_counts(self) -> dict[str, int] | None:
         """Audio packets lost / late / duplicate at this stream's receive buffer (None: not
-        the relay buffer, see server/aiortc_speedups.py)."""
-        stats = aiortc_speedups.receive_stats(self.receiver)
+        the relay buffer, see server/media/aiortc_hooks.py)."""
+        stats = aiortc_hooks.receive_stats(self.receiver)
         return None if stats is None else stats.counts()
 
-    def apply(self, settings: dict[str, Any]) -> None:
-        if "enabled" in settings:
-            self.controls.enabled = settings["enabled"]
-        if "attenuation_limit_db" in settings:
-            self.controls.attenuation_limit_db = settings["attenuation_limit_db"]
+    def apply(self, changes: dict[str, Any]) -> None:
+        """Change some settings (parse_control's result): one new StreamSettings, made
+        (validated, converted) once, used by the enhancer from its next frame."""
+        self.controls = replace(self.controls, **changes)
         if self.enhancer is not None:
-            self.enhancer.enabled = self.controls.enabled
-            self.enhancer.attenuation_limit_db = self.controls.attenuation_limit_db
+            self.enhancer.apply(self.controls)
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
@@ -232,76 +157,8 @@ class Session:
         }
 
 
-def _ice_servers(config: Config) -> list[RTCIceServer]:
-    return [
-        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-        for s in config.ice_servers
-    ]
-
-
-def _ice_ufrag(sdp: str) -> str | None:
-    for line in sdp.splitlines():
-        if line.startswith("a=ice-ufrag:"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def _candidate_lines(sdp: str) -> list[str]:
-    return [
-        line.strip()[len("a=candidate:") :]
-        for line in sdp.splitlines()
-        if line.strip().startswith("a=candidate:")
-    ]
-
-
-def check_candidate(value: str) -> Any:
-    """Parse one candidate (the text after `a=candidate:`); BadOffer unless it names a
-    unicast IP address (or an mDNS `.local` name) and a port in 1-65535."""
-    try:
-        candidate = candidate_from_sdp(value)
-    except Exception as exc:  # aiortc raises IndexError/ValueError... for garbage
-        raise BadOffer("bad candidate line") from exc
-    if not isinstance(candidate.port, int) or not 1 <= candidate.port <= 65535:
-        raise BadOffer(f"candidate port out of range: {candidate.port}")
-    host = str(candidate.ip)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        labels = host.split(".")
-        if len(labels) == 2 and labels[1] == "local" and 0 < len(labels[0]) <= 63:
-            return candidate  # a browser's mDNS-obfuscated host candidate
-        raise BadOffer("candidate address must be an IP address") from None
-    if not is_unicast(address):
-        raise BadOffer(f"candidate address is not unicast: {address}")
-    return candidate
-
-
-def is_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether one host can be sent to: not multicast, broadcast, unspecified or
-    reserved (IPv4-mapped IPv6 judged as the IPv4 address it maps)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:  # ::1 lies inside IPv6's reserved ::/8
-        return True
-    return not (address.is_multicast or address.is_unspecified or address.is_reserved)
-
-
-def client_key(address: str) -> str:
-    """The unit per-client limits count by: an IPv4 address, or an IPv6 /64 (one host
-    is handed a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address or "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
 def make_runner(config: Config, metrics: Metrics) -> Runner:
-    """The worker's packet runner for config.offload (server/batching.py)."""
+    """The worker's packet runner for config.offload (server/media/runners.py)."""
     if config.offload == "thread":
         return ThreadRunner()
     if config.offload == "inline":
@@ -435,7 +292,7 @@ class SessionManager:
     def new_id(self) -> str:
         """A fresh public id (not secret: the session's secret is separate)."""
         while True:
-            sid = f"{self.worker_index}-{secrets.token_hex(4)}"
+            sid = new_session_id(self.worker_index)
             if sid not in self.sessions:
                 return sid
 
@@ -457,10 +314,10 @@ class SessionManager:
     ) -> Session:
         """Negotiate a new session from an SDP offer; returns it with its answer set."""
         if sdp_type != "offer":
-            raise BadOffer(f"expected an SDP offer, got type {sdp_type!r}")
-        lines = _candidate_lines(sdp)
+            raise BadRequest(f"expected an SDP offer, got type {sdp_type!r}")
+        lines = candidate_lines(sdp)
         if len(lines) > MAX_CANDIDATES_PER_SESSION:
-            raise BadOffer(f"more than {MAX_CANDIDATES_PER_SESSION} ICE candidates")
+            raise BadRequest(f"more than {MAX_CANDIDATES_PER_SESSION} ICE candidates")
         for line in lines:
             check_candidate(line)
         async with self.admit(client):
@@ -478,18 +335,18 @@ class SessionManager:
             self.metrics.sessions.labels("failed").inc()
             log.exception("enhancer factory failed")
             raise EnhancerUnavailable(f"could not create an enhancer: {exc}") from exc
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(self.config)))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.config)))
         session = Session(id=sid, pc=pc, mode=mode, kind=kind, enhancer=enhancer)
         self._wire(session)
         try:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises ValueError/TypeError/... for bad SDP
-                raise BadOffer(f"malformed SDP offer: {exc}") from exc
+                raise BadRequest(f"malformed SDP offer: {exc}") from exc
             transceivers = pc.getTransceivers()
             audio = [t for t in transceivers if t.kind == "audio"]
             if len(audio) != 1 or len(transceivers) != 1:
-                raise BadOffer("the offer must carry exactly one audio stream (no video)")
+                raise BadRequest("the offer must carry exactly one audio stream (no video)")
             receiver_track = audio[0].receiver.track
             session.receiver = audio[0].receiver
             opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
@@ -504,17 +361,17 @@ class SessionManager:
             pc.addTrack(session.track)
             answer = await pc.createAnswer()
             if answer is None:
-                raise BadOffer("could not answer the offer")
+                raise BadRequest("could not answer the offer")
             await pc.setLocalDescription(answer)
-        except BadOffer:
+        except BadRequest:
             self.metrics.sessions.labels("failed").inc()
             await pc.close()
             raise
         except Exception as exc:
             self.metrics.sessions.labels("failed").inc()
             await pc.close()
-            raise BadOffer(f"could not negotiate: {exc}") from exc
-        session.ice_ufrag = _ice_ufrag(sdp)
+            raise BadRequest(f"could not negotiate: {exc}") from exc
+        session.ice_ufrag = ice_ufrag(sdp)
         session.apply({})
         return session
 
@@ -607,7 +464,7 @@ class SessionManager:
             self.metrics.rejected_requests.labels("rate").inc()
             raise TooManyRequests("too many PATCH requests for this session")
         session.patch_tokens -= 1.0
-        ufrag = _ice_ufrag(fragment)
+        ufrag = ice_ufrag(fragment)
         if ufrag is not None and session.ice_ufrag is not None and ufrag != session.ice_ufrag:
             raise IceRestartUnsupported("ICE restart is not supported")
         mid = None
@@ -619,10 +476,10 @@ class SessionManager:
             elif line.startswith("a=candidate:"):
                 if len(found) >= MAX_CANDIDATES_PER_PATCH:
                     self.metrics.rejected_requests.labels("candidates").inc()
-                    raise BadOffer(f"more than {MAX_CANDIDATES_PER_PATCH} candidates in a PATCH")
+                    raise BadRequest(f"more than {MAX_CANDIDATES_PER_PATCH} candidates in a PATCH")
                 try:
                     candidate = check_candidate(line[len("a=candidate:") :])
-                except BadOffer:
+                except BadRequest:
                     self.metrics.rejected_requests.labels("candidates").inc()
                     raise
                 candidate.sdpMid = mid
@@ -630,7 +487,7 @@ class SessionManager:
                 found.append(candidate)
         if session.candidates + len(found) > MAX_CANDIDATES_PER_SESSION:
             self.metrics.rejected_requests.labels("candidates").inc()
-            raise BadOffer(f"more than {MAX_CANDIDATES_PER_SESSION} candidates for a session")
+            raise BadRequest(f"more than {MAX_CANDIDATES_PER_SESSION} candidates for a session")
         session.candidates += len(found)
         for candidate in found:
             await session.pc.addIceCandidate(candidate)
@@ -715,7 +572,7 @@ class SessionManager:
 
     def _count_packets(self, session: Session) -> None:
         """Add what the stream's receive buffer counted since the last tick to the metric."""
-        stats = aiortc_speedups.receive_stats(session.receiver)
+        stats = aiortc_hooks.receive_stats(session.receiver)
         if stats is not None:
             for outcome, new in stats.since(session.packet_counts).items():
                 self.metrics.received_packets.labels(outcome).inc(new)

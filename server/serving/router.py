@@ -38,10 +38,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from server.app import CONFIG_KEY, CORS_HEADERS, _body_text, _error, client_config, guard, index
-from server.app import whip_options as options
-from server.config import Config
 from server.httputil import CLIENT_HEADER
+from server.ops.appkeys import CONFIG_KEY
+from server.ops.config import Config
+from server.ops.logs import setup_logging
+from server.serving.worker import build_enhancer_factory, listening_url, serve_worker, start_site
+from server.sessions.ids import worker_of
+from server.signalling.http import CORS_HEADERS, body_text, error_response, guard
+from server.signalling.page import client_config, index
+from server.signalling.webrtc import whip_options as options
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,6 @@ MONITOR_INTERVAL_S = 1.0
 
 def _worker_main(config: Config, index: int, socket_path: str) -> None:
     """Entry point of a worker process (spawned: fresh interpreter, own model session)."""
-    from server.__main__ import build_enhancer_factory, serve_worker, setup_logging
-
     setup_logging(config.log_level, config.log_format)
     factory = build_enhancer_factory(config)
     asyncio.run(serve_worker(config, factory, worker_index=index, unix_path=Path(socket_path)))
@@ -156,10 +159,10 @@ class Router:
 
     async def new_session(self, request: web.Request) -> web.Response:
         if self.draining:
-            return _error(
+            return error_response(
                 503, "server is draining", {"Retry-After": str(self.config.retry_after_s)}
             )
-        body = (await _body_text(request)).encode()
+        body = (await body_text(request)).encode()
         loads = await asyncio.gather(*(self._load(w) for w in self.workers))
         n = len(self.workers)
         order = sorted(
@@ -180,13 +183,15 @@ class Router:
             if status == 503:
                 continue
             return web.Response(status=status, body=payload, headers=out_headers)
-        return _error(503, "no free stream slot", {"Retry-After": str(self.config.retry_after_s)})
+        return error_response(
+            503, "no free stream slot", {"Retry-After": str(self.config.retry_after_s)}
+        )
 
     def _owner(self, session_id: str) -> Worker:
-        prefix, sep, _ = session_id.partition("-")
-        if not sep or not prefix.isdigit() or int(prefix) >= len(self.workers):
+        index = worker_of(session_id)
+        if index is None or index >= len(self.workers):
             raise web.HTTPNotFound(text=f"no session {session_id!r}")
-        return self.workers[int(prefix)]
+        return self.workers[index]
 
     async def by_session(self, request: web.Request) -> web.Response:
         worker = self._owner(request.match_info["id"])
@@ -196,7 +201,7 @@ class Router:
                 request.method, request.path_qs, headers=self._forward_headers(request), body=body
             )
         except (aiohttp.ClientError, OSError) as exc:
-            return _error(502, f"worker {worker.index} unreachable: {exc}")
+            return error_response(502, f"worker {worker.index} unreachable: {exc}")
         return web.Response(status=status, body=payload, headers=headers)
 
     async def _gather(self, path: str, headers: dict[str, str]) -> list[tuple[int, bytes] | None]:
@@ -275,7 +280,7 @@ class Router:
         r.add_get("/streams/{id}", self.by_session)
         r.add_delete("/streams/{id}", self.by_session)
         r.add_post("/streams/{id}/control", self.by_session)
-        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/rtp.py)
+        r.add_post("/v1/rtp-sessions", self.new_session)  # sidecar (server/sidecar/)
         r.add_get("/v1/rtp-sessions/{id}", self.by_session)
         r.add_delete("/v1/rtp-sessions/{id}", self.by_session)
         r.add_get("/metrics", self.metrics)
@@ -322,8 +327,6 @@ async def serve_router(
     happens, no worker outlives this call.
 
     With `ssl_context` the router serves HTTPS; workers behind it stay on Unix sockets."""
-    from server.__main__ import listening_url, start_site
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

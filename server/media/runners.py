@@ -4,7 +4,7 @@ A runner's `run(processor, x, late)` returns the processed packet. The batched
 runner (the default) holds an enhancing stream's packet for at most `window_s`,
 so that the packets of several streams go through the model in one run per
 frame: the weights are then read once for all of them instead of once per stream,
-and the model's per-stream CPU falls (bench/bench_service.py measures it).
+and the model's per-stream CPU falls (`python -m bench.service_load` measures it).
 
 It waits only for streams it expects within the window. Each stream's packets
 arrive at a steady period (20 ms for Opus) and phase, so its next arrival is its
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from server.metrics import Metrics
-from server.track import StreamProcessor, process_many
+from server.media.processor import StreamProcessor, process_many
+from server.ops.prometheus import Metrics
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -1,4 +1,7 @@
-"""Replacements for hot spots of aiortc, installed by each worker (`install`).
+"""Hooks into aiortc, installed by each worker (`install`): what is replaced, the check
+that it fits the installed aiortc, and the switches. Hooks 1, 2 and 4 live in their own
+modules (audio_level, inline_codecs, relay_buffer); 3 and 5 are the wrappers here.
+Hook 4 is not a speed-up: it changes the latency of every received stream.
 
 1. The audio level. aiortc's RTCRtpSender computes the RFC 6465 level of every outgoing
    audio frame with `aiortc.rtp.compute_audio_level_dbov`, a pure-Python loop over each
@@ -28,8 +31,8 @@
    waits 14 others out: 280 ms for the rest of the call (aiortc issue #543). That
    buffer is meant for playout; this service relays, and its peer plays out through a
    jitter buffer of its own. `RelayJitterBuffer` only puts packets back in order
-   (server/reorder.py): a packet in sequence is decoded as it arrives, and only a gap
-   holds the packets behind it, at most RELAY_MAX_HELD of them.
+   (relay_buffer.py, server/reorder.py): a packet in sequence is decoded as it arrives,
+   and only a gap holds the packets behind it, at most RELAY_MAX_HELD of them.
 
 5. Data-channel input (`_data_channel_receive`). aiortc decodes a text message with
    `bytes.decode("utf8")` inside its SCTP transport: invalid UTF-8 raised there and
@@ -53,10 +56,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
-import queue
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,165 +64,41 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import aiortc.rtcsctptransport
 import aiortc.rtp
-import numpy as np
-from aiortc.codecs import get_decoder
 from aiortc.codecs.opus import OpusEncoder
-from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtp import RtpPacket
-from av import AudioFrame
 
-from server.reorder import Reorderer, ReorderStats
+from server.media.aiortc_hooks.audio_level import (
+    numpy_audio_level_dbov,
+    original_audio_level_dbov,
+)
+from server.media.aiortc_hooks.inline_codecs import (
+    InlineDecoder,
+    InlineExecutorLoop,
+    arrival_clock,
+    arrival_time,
+)
+from server.media.aiortc_hooks.relay_buffer import ExpandingQueue, RelayJitterBuffer, expand
+from server.ops.config import OPUS_MAX_COMPLEXITY, OPUS_MIN_COMPLEXITY
+from server.reorder import ReorderStats
+
+__all__ = [
+    "OPUS_DEFAULT_COMPLEXITY",
+    "ExpandingQueue",
+    "InlineDecoder",
+    "InlineExecutorLoop",
+    "RelayJitterBuffer",
+    "arrival_clock",
+    "arrival_time",
+    "contract_problems",
+    "expand",
+    "install",
+    "numpy_audio_level_dbov",
+    "original_audio_level_dbov",
+    "receive_stats",
+]
 
 log = logging.getLogger(__name__)
 
-_MAX_SAMPLE = 32767
-_MIN_LEVEL = -127
 _original = aiortc.rtp.compute_audio_level_dbov
-
-
-def numpy_audio_level_dbov(frame: AudioFrame) -> int:
-    """RFC 6465 Appendix A level, as aiortc defines it (all plane-0 int16 values)."""
-    pcm = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16).astype(np.float64)
-    rms = math.sqrt(float(np.dot(pcm, pcm)) / (frame.samples * _MAX_SAMPLE * _MAX_SAMPLE))
-    if rms <= 0:
-        return _MIN_LEVEL
-    return round(min(0.0, max(20 * math.log10(rms), _MIN_LEVEL)))
-
-
-arrival_clock = time.monotonic
-"""The clock of the arrival stamps InlineDecoder leaves in each frame's `opaque`."""
-
-
-def arrival_time(frame: Any) -> float | None:
-    """When an inline-decoded frame was decoded (arrival_clock), or None if unstamped."""
-    stamp = getattr(frame, "opaque", None)
-    return stamp if isinstance(stamp, float) else None
-
-
-class InlineDecoder:
-    """Takes the place of an audio receiver's decoder queue: decodes each frame as aiortc
-    puts it in, on the caller's thread (the event loop), and hands the decoded frames
-    straight to the track's queue, each stamped with its arrival time in `opaque` (so
-    a consumer can tell how long a frame waited, whatever came in with it). `put(None)`
-    ends the track, as aiortc's worker does."""
-
-    def __init__(self) -> None:
-        self._output: asyncio.Queue[Any] | None = None
-        self._error: threading.Event | None = None
-        self._decoder: Any = None
-        self._codec_name: str | None = None
-
-    def attach(self, output: asyncio.Queue[Any], error: threading.Event) -> None:
-        self._output, self._error = output, error
-
-    def put(self, task: Any) -> None:
-        if self._output is None:  # receive() never ran: nothing to decode for
-            return
-        if task is None:
-            self._output.put_nowait(None)
-            self._decoder = None
-            return
-        codec, encoded_frame = task
-        for one in expand(encoded_frame):
-            try:
-                if codec.name != self._codec_name:
-                    self._decoder, self._codec_name = get_decoder(codec), codec.name
-                frames = self._decoder.decode(one)
-            except Exception as exc:  # keep the decoder state, as aiortc does; never raise
-                # into aiortc's packet handler, which runs the whole transport
-                log.warning("failed to decode %s frame: %s", codec.name, exc)
-                if self._error is not None:
-                    self._error.set()
-                continue
-            arrived = arrival_clock()
-            for frame in frames:
-                frame.opaque = arrived  # when it was ready for us (the track's deadline)
-                self._output.put_nowait(frame)
-
-
-RELAY_MAX_HELD = 1
-"""Packets an audio receiver holds behind a missing one before giving it up as lost: a
-packet may arrive one place late (swapped with its neighbour). A loss then delays the
-packet after it by one packet time (20 ms); each packet more held would add 20 ms to the
-next one too (bench/latency.py --loss-every). One reordered further arrives after its
-place was given up and is dropped as late."""
-
-
-class RelayFrame(JitterFrame):
-    """An encoded frame and those that became due with it, as (RTP timestamp offset from
-    this one, data): aiortc's receiver takes one frame per packet from its buffer, and the
-    packet that fills a gap (or gives up on it) releases the ones held behind the gap."""
-
-    def __init__(self, data: bytes, timestamp: int, following: list[tuple[int, bytes]]) -> None:
-        super().__init__(data=data, timestamp=timestamp)
-        self.following = following
-
-
-def expand(frame: JitterFrame) -> list[JitterFrame]:
-    """The frames a RelayFrame carries, each timestamped on the receiver's mapped clock
-    like the first; any other frame alone."""
-    following: list[tuple[int, bytes]] = getattr(frame, "following", [])
-    return [frame, *(JitterFrame(data=d, timestamp=frame.timestamp + dt) for dt, d in following)]
-
-
-class RelayJitterBuffer:
-    """Takes the place of an audio receiver's aiortc JitterBuffer (same `add`): packets
-    in sequence order, each as soon as it is due (see the module doc, item 4)."""
-
-    def __init__(self, max_held: int = RELAY_MAX_HELD) -> None:
-        self.reorderer = Reorderer(max_held)
-
-    @property
-    def stats(self) -> ReorderStats:
-        return self.reorderer.stats
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        """(PLI wanted: never, for audio; the frame now due or None)."""
-        due = self.reorderer.push(packet)
-        if not due:
-            return False, None
-        first, *rest = due
-        following = [((p.timestamp - first.timestamp) & 0xFFFFFFFF, _data(p)) for p in rest]
-        return False, RelayFrame(_data(first), first.timestamp, following)
-
-
-def _data(packet: RtpPacket) -> bytes:
-    data = getattr(packet, "_data", b"")  # the depayloaded frame aiortc's receiver attached
-    return data if isinstance(data, bytes) else b""
-
-
-class ExpandingQueue(queue.Queue[Any]):
-    """The decoder queue of an audio receiver that keeps aiortc's decoder thread: each
-    RelayFrame goes in as the frames it carries."""
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if item is None:  # the end of the track
-            super().put(item, block, timeout)
-            return
-        codec, frame = item
-        for one in expand(frame):
-            super().put((codec, one), block, timeout)
-
-
-class InlineExecutorLoop:
-    """The event loop as an audio sender sees it: `run_in_executor` (its encode call) runs
-    the function at once and returns a finished future; everything else is the loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
-        future = self._loop.create_future()
-        try:
-            future.set_result(func(*args))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 _RECEIVER = aiortc.rtcrtpreceiver.RTCRtpReceiver
 _SENDER = aiortc.rtcrtpsender.RTCRtpSender
 _ORIGINAL: dict[str, Any] = {
@@ -233,7 +108,7 @@ _ORIGINAL: dict[str, Any] = {
     "decoder_worker": getattr(aiortc.rtcrtpreceiver, "decoder_worker", None),
     "get_encoder": aiortc.rtcrtpsender.get_encoder,
 }
-OPUS_DEFAULT_COMPLEXITY = 10  # libopus's own default, which aiortc keeps
+OPUS_DEFAULT_COMPLEXITY = OPUS_MAX_COMPLEXITY  # libopus's own default, which aiortc keeps
 _opus_complexity = OPUS_DEFAULT_COMPLEXITY
 
 
@@ -438,14 +313,17 @@ def install(
     now on: inline codecs, the relay receive buffer, the Opus complexity. Returns
     whether inline codecs are on."""
     global _opus_complexity
-    if not 0 <= opus_complexity <= 10:
-        raise ValueError(f"Opus complexity must be 0-10, not {opus_complexity}")
+    if not OPUS_MIN_COMPLEXITY <= opus_complexity <= OPUS_MAX_COMPLEXITY:
+        raise ValueError(
+            f"Opus complexity must be {OPUS_MIN_COMPLEXITY}-{OPUS_MAX_COMPLEXITY}, "
+            f"not {opus_complexity}"
+        )
     if not _state["installed"]:
         _state["installed"] = True
         problems = contract_problems() + _source_fits()
         if problems:
             log.warning(
-                "aiortc %s: the speed-ups do not fit this version, aiortc runs as shipped "
+                "aiortc %s: the hooks do not fit this version, aiortc runs as shipped "
                 "(codec threads, its 80 ms jitter buffer): %s",
                 aiortc.__version__,
                 "; ".join(problems),
@@ -457,7 +335,3 @@ def install(
     _opus_complexity = opus_complexity
     _hooks.update(inline_codecs=inline_codecs and fits, relay_buffer=relay_buffer and fits)
     return _hooks["inline_codecs"]
-
-
-def original_audio_level_dbov(frame: AudioFrame) -> int:
-    return int(_original(frame))

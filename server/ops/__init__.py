@@ -1,0 +1,1 @@
+"""Operations: configuration, Prometheus metrics, health, logs, worker processes."""

@@ -1,0 +1,1 @@
+"""Sessions: admission, ownership (capability keys), controls, lifecycle."""

@@ -1,0 +1,1 @@
+"""Signalling: HTTP (the guard, bodies, errors), WebRTC /offer, WHIP, stream controls."""

@@ -80,6 +80,16 @@ def main() -> int:
     parser.add_argument("--calls", required=True, help="rows of bench/calls.py --out")
     parser.add_argument("--title", default="Calls benchmark, test split")
     parser.add_argument("--notes", default=None, help="markdown appended verbatim")
+    parser.add_argument(
+        "--selected",
+        default="by dev PESQ-WB (mean of 6 dev mixtures of the training recipe) at each evaluation.",
+        help="how the shipped step was chosen (default: the training's own dev PESQ)",
+    )
+    parser.add_argument(
+        "--started-from",
+        default=None,
+        help="the checkpoint the run started from, as committed (default: as the run logged it)",
+    )
     parser.add_argument("--out", default="models/README.md")
     args = parser.parse_args()
     man = json.loads(Path(args.manifest).read_text())
@@ -121,10 +131,10 @@ def main() -> int:
         f"(each batch also replays segments from a pool of recent ones).",
         f"- batch {cfg.get('batch_size')} x {cfg.get('segment_seconds')} s segments, AdamW lr "
         f"{cfg.get('lr')} -> {cfg.get('lr_final')} (exponential), grad clip {cfg.get('grad_clip')}.",
-        f"- Started from: `{train.get('init', 'random weights')}`.",
+        f"- Started from: `{args.started_from or train.get('init', 'random weights')}`.",
         "- Data: `percepnet data` corpus (shared data + Debian voice/noise packages, screened, split by "
         "file and speaker), " + recipe_text(MixConfig()),
-        "- Selected by dev PESQ-WB (mean of 6 dev mixtures of the training recipe) at each evaluation.",
+        f"- Selected: {args.selected}",
         "",
         "Accepted audio per source (hours; `percepnet data report`):",
         "",

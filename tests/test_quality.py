@@ -70,7 +70,8 @@ def model():  # type: ignore[no-untyped-def]
 
 
 OPEN = pytest.mark.xfail(
-    strict=True, reason="issue 15 open: the shipped model does not reach these floors yet; " + FLOOR_NOTE
+    strict=True,
+    reason="issue 15 open: the shipped model does not reach these floors yet; " + FLOOR_NOTE,
 )
 
 

@@ -97,8 +97,8 @@ def noisy_wav(tmp_path: Path) -> Path:
 
 MODEL_SPEECH_XFAIL = pytest.mark.xfail(
     strict=False,
-    reason="issue 3: the shipped (under-trained) model takes speech down by 4-5 dB, at the "
-    "4 dB limit of this check",
+    reason="issue 3: the shipped model takes speech down by about 4 dB (3.9 dB through the "
+    "RTP sidecar with run v3 step 2334), at the 4 dB limit of this check",
 )
 
 

@@ -28,6 +28,7 @@ speed hits them alike. Times are thread CPU time (time.thread_time_ns), medians.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -99,7 +100,7 @@ def main() -> int:
     junk = np.ones(int(args.read_mb * 2**20 / 8))
     # (column label, what runs before each packet)
     conditions: list[tuple[str, Callable[[], object]]] = [
-        (f"{g:g} ms", lambda g=g: spin(g / 1e3)) for g in gaps
+        (f"{g:g} ms", functools.partial(spin, g / 1e3)) for g in gaps
     ]
     if args.read_mb > 0:
         conditions.append((f"{args.read_mb:g} MB read", junk.sum))

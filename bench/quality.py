@@ -19,14 +19,20 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from bench.calls import ExponentSource
 from bench.common import REPO, System, peers
 from percepnet.audio import load
-from percepnet.enhancer import OracleSource, enhance_signal
+from percepnet.enhancer import GainSource, OracleSource, enhance_signal
 from percepnet.metrics import markdown_table, score, summarise
 from percepnet.runtime import OnnxSource, load_model
+
+FloatArray = npt.NDArray[np.float64]
 
 SEED = {"dev": 101, "test": 202}
 
@@ -49,24 +55,30 @@ def eval_set(split: str, n: int, root: Path) -> list[dict[str, str]]:
 
 def systems(models: Path, extra: list[str], gammas: list[float]) -> dict[str, System]:
     f32, i8 = load_model(models / "percepnet.onnx"), load_model(models / "percepnet-int8.onnx")
+
+    def run(source: Callable[[FloatArray], GainSource], postfilter: bool = True) -> System:
+        def system(noisy: FloatArray, clean: FloatArray) -> FloatArray:
+            out = enhance_signal(noisy, source(clean), use_postfilter=postfilter)
+            return np.asarray(out, np.float64)
+
+        return system
+
     out: dict[str, System] = {
         **peers(),
-        "oracle": lambda noisy, clean: enhance_signal(noisy, OracleSource(clean)),
-        "percepnet-float": lambda noisy, clean: enhance_signal(noisy, OnnxSource(f32)),
-        "percepnet-int8": lambda noisy, clean: enhance_signal(noisy, OnnxSource(i8)),
+        "oracle": run(OracleSource),
+        "percepnet-float": run(lambda _clean: OnnxSource(f32)),
+        "percepnet-int8": run(lambda _clean: OnnxSource(i8)),
     }
     if "int8-no-postfilter" in extra:
-        out["int8-no-postfilter"] = lambda noisy, clean: enhance_signal(
-            noisy, OnnxSource(i8), use_postfilter=False
-        )
+        out["int8-no-postfilter"] = run(lambda _clean: OnnxSource(i8), postfilter=False)
     if "oracle-no-postfilter" in extra:
-        out["oracle-no-postfilter"] = lambda noisy, clean: enhance_signal(
-            noisy, OracleSource(clean), use_postfilter=False
-        )
+        out["oracle-no-postfilter"] = run(OracleSource, postfilter=False)
     for gamma in gammas:
-        out[f"percepnet-int8 g^{gamma:g}"] = lambda noisy, clean, gm=gamma: enhance_signal(
-            noisy, ExponentSource(OnnxSource(i8), gm)
-        )
+
+        def exponent(_clean: FloatArray, gm: float = gamma) -> GainSource:
+            return ExponentSource(OnnxSource(i8), gm)
+
+        out[f"percepnet-int8 g^{gamma:g}"] = run(exponent)
     return out
 
 

@@ -38,6 +38,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from bench.common import (
     delta,
@@ -396,7 +397,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     summary = summarise(rows)
-    for line in summary["lines"]:
+    for line in cast(list[str], summary["lines"]):
         print(line)
     if args.out:
         Path(args.out).write_text(

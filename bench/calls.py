@@ -62,6 +62,7 @@ from bench.common import REPO, System, peers
 from percepnet.audio import resample
 from percepnet.constants import SAMPLE_RATE
 from percepnet.data.corpus import DataConfig, Entry, active_level_db, load_manifest, read_mono
+from percepnet.data.noise import unit_rms
 from percepnet.data.rooms import RirBank
 from percepnet.enhancer import OracleSource, enhance_signal
 from percepnet.metrics import dnsmos, pesq_at, si_sdr, stoi
@@ -207,8 +208,7 @@ def _smooth_envelope(n: int, rng: np.random.Generator, peaks: int) -> FloatArray
 
 
 def _shaped(n: int, rng: np.random.Generator, envelope: FloatArray) -> FloatArray:
-    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * envelope, n)
-    return np.asarray(x / (np.sqrt(np.mean(x**2)) + 1e-20))
+    return unit_rms(np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * envelope, n))
 
 
 def vehicle_noise(n: int, rng: np.random.Generator) -> FloatArray:
@@ -228,9 +228,7 @@ def vehicle_noise(n: int, rng: np.random.Generator) -> FloatArray:
             * rng.uniform(0.3, 1.0)
             * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
         )
-    engine /= np.sqrt(np.mean(engine**2)) + 1e-20
-    x = rumble + 10 ** (-rng.uniform(5.0, 15.0) / 20) * engine
-    return np.asarray(x / np.sqrt(np.mean(x**2)))
+    return unit_rms(rumble + 10 ** (-rng.uniform(5.0, 15.0) / 20) * unit_rms(engine))
 
 
 def machine_noise(n: int, rng: np.random.Generator) -> FloatArray:
@@ -244,9 +242,7 @@ def machine_noise(n: int, rng: np.random.Generator) -> FloatArray:
         phase = 2 * np.pi * np.cumsum(f) / SAMPLE_RATE
         for k in range(1, 4):
             tones += rng.uniform(0.1, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
-    tones /= np.sqrt(np.mean(tones**2)) + 1e-20
-    x = base + 10 ** (-rng.uniform(3.0, 15.0) / 20) * tones
-    return np.asarray(x / np.sqrt(np.mean(x**2)))
+    return unit_rms(base + 10 ** (-rng.uniform(3.0, 15.0) / 20) * unit_rms(tones))
 
 
 GENERATORS: dict[str, Callable[[int, np.random.Generator], FloatArray]] = {

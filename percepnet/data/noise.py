@@ -16,7 +16,7 @@ from percepnet.constants import SAMPLE_RATE
 FloatArray = npt.NDArray[np.float64]
 
 
-def _unit_rms(x: FloatArray) -> FloatArray:
+def unit_rms(x: FloatArray) -> FloatArray:
     r = float(np.sqrt(np.mean(x**2)))
     return x / r if r > 0 else x
 
@@ -37,7 +37,7 @@ def coloured(n: int, rng: np.random.Generator, slope_db_oct: float | None = None
     if rng.random() < 0.3:  # slow level fluctuation (fans, traffic)
         t = np.arange(n) / SAMPLE_RATE
         x *= 1.0 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 2.0) * t + rng.uniform(0, 2 * np.pi))
-    return _unit_rms(x)
+    return unit_rms(x)
 
 
 def hum(n: int, rng: np.random.Generator) -> FloatArray:
@@ -53,8 +53,8 @@ def hum(n: int, rng: np.random.Generator) -> FloatArray:
             break
         amp = 10 ** (-decay * (k - 1) / 20) * (1.0 if k % 2 else rng.uniform(0.2, 1.0))
         x += amp * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
-    x = _unit_rms(x)
-    return _unit_rms(x + 10 ** (rng.uniform(-50, -25) / 20) * rng.standard_normal(n))
+    x = unit_rms(x)
+    return unit_rms(x + 10 ** (rng.uniform(-50, -25) / 20) * rng.standard_normal(n))
 
 
 def clicks(n: int, rng: np.random.Generator) -> FloatArray:
@@ -70,4 +70,4 @@ def clicks(n: int, rng: np.random.Generator) -> FloatArray:
     hiss = 10 ** (rng.uniform(-60, -30) / 20) * rng.standard_normal(n)
     if not np.any(x):
         x[int(rng.integers(0, n))] = 1.0
-    return _unit_rms(_unit_rms(x) + hiss)
+    return unit_rms(unit_rms(x) + hiss)

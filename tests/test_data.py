@@ -284,3 +284,67 @@ def test_eval_set_writer(tiny: DataConfig, tmp_path: Path) -> None:
     noisy, _ = sf.read(tmp_path / rows[0]["noisy"])
     assert rate == SAMPLE_RATE and clean.shape == noisy.shape
     assert float(rows[0]["bandwidth_hz"]) > 0
+
+
+def _wav_bytes(x: np.ndarray, rate: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_opensfx_catalogue_is_split_into_its_noise_recordings(tmp_path: Path) -> None:
+    import struct
+
+    from percepnet.data.fetch import read_opensfx_catalogue, split_opensfx
+
+    rng = np.random.default_rng(0)
+    sounds = [
+        (
+            '"Helicopter". By A. License: CC BY 3.0.',
+            _wav_bytes(0.1 * rng.standard_normal(4410), 44100),
+        ),
+        ('"Cow". By B. License: CC0.', _wav_bytes(0.1 * rng.standard_normal(4410), 44100)),
+        ('"Unused/Nothing". Empty.', b""),
+        ('"Toyland: Comedy bus start (1)". By C.', _wav_bytes(np.zeros(441), 44100)),
+    ]
+    table = 8 * len(sounds)
+    body = b""
+    pairs = []
+    for name, wav in sounds:
+        entry = bytes([len(name) + 1]) + name.encode("latin-1") + b"\0" + wav
+        pairs.append((0x80000000 | (table + len(body)), len(entry)))
+        body += entry
+    cat = tmp_path / "opensfx.cat"
+    cat.write_bytes(b"".join(struct.pack("<II", o, s) for o, s in pairs) + body)
+
+    entries = read_opensfx_catalogue(cat)
+    assert [n for n, _ in entries] == [n for n, _ in sounds]
+    assert (
+        split_opensfx(cat, tmp_path / "out") == 1
+    )  # the helicopter; not the cow or the comedy bus
+    files = sorted((tmp_path / "out").glob("*.flac"))
+    assert [f.name for f in files] == ["00_helicopter.flac"]
+    x, rate = sf.read(files[0])
+    assert rate == 44100 and len(x) == 4410
+    assert "CC BY 3.0" in (tmp_path / "out" / "credits.txt").read_text()
+
+    bad = tmp_path / "bad.cat"
+    bad.write_bytes(struct.pack("<II", 0x80000008, 10_000))
+    with pytest.raises(ValueError):
+        read_opensfx_catalogue(bad)
+
+
+def test_noise_draw_tempers_the_largest_source() -> None:
+    from percepnet.data.mix import noise_draw_p
+
+    durations = np.array([100.0, 300.0, 25.0])
+    sources = np.array(["music", "music", "engines"])
+    p = noise_draw_p(durations, sources, {})
+    # shares go as sqrt(hours): 20 : 5, against 400 : 25 by duration
+    assert p[:2].sum() == pytest.approx(0.8)
+    assert p[1] / p[0] == pytest.approx(3.0)  # by duration within a source
+    p = noise_draw_p(durations, sources, {"music": 0.25})
+    assert p[2] == pytest.approx(0.5)
+    assert noise_draw_p(np.zeros(0), np.zeros(0, dtype=np.str_), {}).size == 0

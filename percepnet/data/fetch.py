@@ -13,7 +13,13 @@ import soundfile as sf
 from percepnet.constants import INT16_SCALE
 from percepnet.data.paths import DataConfig, Log
 from percepnet.data.screening import FloatArray
-from percepnet.data.sources import DEBIAN_PACKAGES, PARTIAL_MEMBERS, ZIP_MEMBERS
+from percepnet.data.sources import (
+    DEBIAN_PACKAGES,
+    OPENSFX_KEEP,
+    OPENSFX_SKIP,
+    PARTIAL_MEMBERS,
+    ZIP_MEMBERS,
+)
 
 
 def fetch_debian(
@@ -115,6 +121,57 @@ def _post_unpack(pkg: str, target: Path, log: Log) -> None:
                 zf.extractall(target / "public", members=names)
             z.unlink()
             log(f"{pkg}: took {len(names)} files of {', '.join(ZIP_MEMBERS)} from {z.name}")
+    elif pkg == "openttd-opensfx":
+        for cat in sorted(target.rglob("opensfx.cat")):
+            kept = split_opensfx(cat, target / "opensfx")
+            log(f"{pkg}: took {kept} recordings out of {cat.name}")
+
+
+def read_opensfx_catalogue(path: Path) -> list[tuple[str, bytes]]:
+    """OpenTTD's sound catalogue: a table of (offset, size) pairs, little-endian uint32,
+    whose offsets carry a format flag in the top bit; each entry is a length-prefixed
+    description (title, author, licence) followed by a RIFF/WAVE file."""
+    import struct
+
+    b = path.read_bytes()
+    if len(b) < 8:
+        raise ValueError(f"{path.name}: too short for a sound catalogue")
+    count = (struct.unpack_from("<I", b, 0)[0] & 0x7FFFFFFF) // 8
+    out = []
+    for i in range(count):
+        off, size = struct.unpack_from("<II", b, 8 * i)
+        off &= 0x7FFFFFFF
+        if off + size > len(b) or size < 1:
+            raise ValueError(f"{path.name}: entry {i} lies outside the file")
+        n = b[off]
+        name = b[off + 1 : off + 1 + n].split(b"\0")[0].decode("latin-1")
+        out.append((name, b[off + 1 + n : off + size]))
+    return out
+
+
+def split_opensfx(cat: Path, out: Path) -> int:
+    """Write the catalogue's noise recordings (OPENSFX_KEEP) as FLAC, named by index and
+    title, with each one's description (author, licence) in credits.txt beside them."""
+    import io
+    import re
+
+    out.mkdir(parents=True, exist_ok=True)
+    credits = []
+    kept = 0
+    for i, (name, wav) in enumerate(read_opensfx_catalogue(cat)):
+        title = name.split('"')[1] if name.count('"') >= 2 else name
+        low = title.lower()
+        if not wav or not OPENSFX_KEEP.search(low) or OPENSFX_SKIP.search(low):
+            continue
+        x, rate = sf.read(io.BytesIO(wav), dtype="float64", always_2d=True)
+        slug = re.sub(r"[^a-z0-9]+", "_", low).strip("_")
+        fname = f"{i:02d}_{slug}.flac"
+        sf.write(str(out / fname), x.mean(axis=1), rate, subtype="PCM_16")
+        credits.append(f"{fname}: {name}")
+        kept += 1
+    (out / "credits.txt").write_text("\n".join(credits) + "\n")
+    cat.unlink()
+    return kept
 
 
 G722_RATE = 16000

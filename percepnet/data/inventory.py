@@ -188,4 +188,16 @@ def enumerate_debian(xroot: Path) -> list[Entry]:
         out.append(
             Entry("noise", "debian", str(p.relative_to(xroot)), "0ad_ambient", _norm_stem(p.name))
         )
+    for p in _audio_files(xroot / "openttd-opensfx" / "opensfx"):
+        # Two minutes in all, and the only recorded vehicles and machines: all train.
+        out.append(
+            Entry(
+                "noise",
+                "debian",
+                str(p.relative_to(xroot)),
+                "opensfx",
+                p.stem,
+                forced_split="train",
+            )
+        )
     return out

@@ -98,6 +98,14 @@ class MixConfig:
     lead_s: float = 0.5
     """Speech starts up to this late in the segment."""
     source_weights: dict[str, float] = field(default_factory=dict)
+    noise_source_weights: dict[str, float] = field(
+        default_factory=lambda: {"hedgewars_music": 0.3, "opensfx": 2.0}
+    )
+    """Noise files are drawn by source, each source's share proportional to the square
+    root of its hours times its weight here (default 1), then by duration within it.
+    Without it one source dominates: game music was half of the training noise, though
+    a call's background is seldom music; the few recorded vehicles and machines
+    (opensfx) are what calls have most."""
     """Multiplies a speech source's share (by duration); missing sources weigh 1."""
 
 
@@ -158,6 +166,23 @@ def mix_at_snr(speech: FloatArray, noise: FloatArray, snr_db: float) -> FloatArr
     return noise * math.sqrt(active_power(speech) / (pn * 10 ** (snr_db / 10)))
 
 
+def noise_draw_p(
+    durations: FloatArray, sources: npt.NDArray[np.str_], weights: dict[str, float]
+) -> FloatArray:
+    """Probability of drawing each noise file (see MixConfig.noise_source_weights)."""
+    p = np.zeros(len(durations))
+    if not len(durations):
+        return p
+    for s in np.unique(sources):
+        idx = np.nonzero(sources == s)[0]
+        total = float(durations[idx].sum())
+        if total <= 0:
+            continue
+        share = math.sqrt(total) * weights.get(str(s), 1.0)
+        p[idx] = share * durations[idx] / total
+    return p / p.sum()
+
+
 class MixtureGenerator:
     """Endless, reproducible mixtures of one split.
 
@@ -212,8 +237,11 @@ class MixtureGenerator:
         self._by_source: dict[str, npt.NDArray[np.int64]] = {}
         for s in np.unique(self.speech.sources):
             self._by_source[str(s)] = np.nonzero(self.speech.sources == s)[0]
-        ndur = self.noise.lengths / self.noise.rates
-        self._noise_p = ndur / ndur.sum() if len(ndur) else ndur
+        self._noise_p = noise_draw_p(
+            self.noise.lengths / self.noise.rates,
+            self.noise.sources,
+            self.config.noise_source_weights,
+        )
         self._index = 0
 
     # ------------------------------------------------------------------ parts

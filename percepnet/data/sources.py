@@ -14,10 +14,13 @@ DEBIAN_PACKAGES = (
     "kajongg",
     "redeclipse-data",
     "0ad-data",
+    "openttd-opensfx",
 )
 """Fetched in this order. Licences (Debian copyright files): tuxpaint, klettres,
 hedgewars, megaglest, kajongg GPL-2+; asterisk prompts CC BY-SA 3.0 (en, es, fr) and
-CC BY 3.0 (it, ru); redeclipse ambience and 0ad audio CC BY-SA 3.0 / CC BY 3.0."""
+CC BY 3.0 (it, ru); redeclipse ambience and 0ad audio CC BY-SA 3.0 / CC BY 3.0;
+OpenSFX sounds CC BY-SA 3.0 as a set, each source recording CC BY 3.0, CC BY-SA 3.0 or
+CC0 (named in the catalogue, kept in credits.txt beside the files)."""
 
 SOURCE_LICENCES = {
     "picovoice_sti": "Apache-2.0",
@@ -41,6 +44,7 @@ SOURCE_LICENCES = {
     "redeclipse_ambience": "CC BY-SA 3.0 / CC BY 3.0",
     "0ad_voice": "CC BY-SA 3.0",
     "0ad_ambient": "CC BY-SA 3.0",
+    "opensfx": "CC BY-SA 3.0",
 }
 """Licence of each source, for the manifest and the model card (shared sources: see
 the shared folder's README; per-file licences of librosa examples sit beside them)."""
@@ -55,5 +59,14 @@ ZIP_MEMBERS = ("audio/voice/", "audio/ambient/")
 ASTERISK_SKIP = re.compile(r"beep|tone|dtmf|silence|^digits/|^letters/|^phonetic/")
 """Asterisk files that are not sentences: beeps, tones, DTMF, silence, and the single
 digits/letters (too short to train on, and one speaker's many near-identical clips)."""
+
+OPENSFX_KEEP = re.compile(
+    r"train|engine|steam|diesel|maglev|monorail|plane|jet|helicopter|truck|bus start|"
+    r"machinery|sparking|jackhammer|sawmill|chainsaw|applause|wind|factory \(3\)"
+)
+"""OpenSFX (OpenTTD's sound set) sounds taken as noise, by their catalogue name: recorded
+trains, aircraft, road vehicles, machines, wind and a crowd. Jingles, beeps, animals,
+crashes and the comedy variants are left out. Horns stay where a vehicle runs under them."""
+OPENSFX_SKIP = re.compile(r"comedy|toyland: (?!toy factory \(3\))|breakdown|horn\b")
 
 AUDIO_EXTENSIONS = (".flac", ".ogg", ".wav")

@@ -53,8 +53,10 @@ def recipe_text(mix: MixConfig) -> str:
         f"in {mix.speed_prob:.0%}; random biquads, independent low-passes, synthetic rooms on "
         f"{mix.rir_prob:.0%} (target keeps 20 ms early reflections and a 200 ms RT60 tail), clipping "
         f"in {mix.clip_prob:.0%}; noise: recorded files, coloured, babble, hum, clicks "
-        f"(weights {', '.join(f'{w:g}' for w in mix.noise_kind_weights)}). Loss masked above each "
-        "mixture's bandwidth."
+        f"(weights {', '.join(f'{w:g}' for w in mix.noise_kind_weights)}); recorded files drawn by "
+        "source, each source's share going as the square root of its hours (weights "
+        + ", ".join(f"{k} x{v:g}" for k, v in mix.noise_source_weights.items())
+        + "), then by duration. Loss masked above each mixture's bandwidth."
     )
 
 
@@ -133,7 +135,7 @@ def main() -> int:
         f"{cfg.get('lr')} -> {cfg.get('lr_final')} (exponential), grad clip {cfg.get('grad_clip')}.",
         f"- Started from: `{args.started_from or train.get('init', 'random weights')}`.",
         "- Data: `percepnet data` corpus (shared data + Debian voice/noise packages, screened, split by "
-        "file and speaker), " + recipe_text(MixConfig()),
+        "file and speaker), " + recipe_text(MixConfig(**cfg.get("mix", {}))),
         f"- Selected: {args.selected}",
         "",
         "Accepted audio per source (hours; `percepnet data report`):",

@@ -6,6 +6,7 @@ Library code raises; only main() turns errors into messages and exit codes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,24 +37,52 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mixture_factory(data: str | None, cache: str | None) -> _CorpusFactory:
+def _mixture_factory(
+    data: str | None, cache: str | None, mix: dict[str, float] | None = None
+) -> _CorpusFactory:
     """(split, seed) -> mixture maker, over the corpus built by `percepnet data`."""
     from percepnet.data.corpus import DataConfig
 
     cfg = DataConfig.from_args(data, cache)
-    return _CorpusFactory(cfg)
+    return _CorpusFactory(cfg, mix or {})
+
+
+def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
+    """--mix KEY=VALUE pairs: numeric fields of the augmentation recipe (MixConfig)."""
+    from dataclasses import fields
+
+    from percepnet.data.mix import MixConfig
+
+    numeric = {f.name: f.type for f in fields(MixConfig) if f.type in ("float", "int")}
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in numeric:
+            raise argparse.ArgumentTypeError(
+                f"--mix {item!r}: expected KEY=NUMBER with KEY one of {', '.join(sorted(numeric))}"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--mix {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(number) or number < 0:
+            raise argparse.ArgumentTypeError(f"--mix {item!r}: must be finite and >= 0")
+        out[key] = int(number) if numeric[key] == "int" else number
+    return out
 
 
 class _CorpusFactory:
     """Picklable (for data-loader workers) factory of corpus mixture makers."""
 
-    def __init__(self, cfg: object) -> None:
+    def __init__(self, cfg: object, mix: dict[str, float]) -> None:
         self.cfg = cfg
+        self.mix = mix
 
     def __call__(self, split: str, seed: int) -> Callable[[], tuple[Any, Any, float]]:
-        from percepnet.data.mix import MixtureGenerator
+        from percepnet.data.mix import MixConfig, MixtureGenerator
 
-        gen = MixtureGenerator(self.cfg, split, seed)  # type: ignore[arg-type]
+        config = MixConfig(**self.mix)  # type: ignore[arg-type]
+        gen = MixtureGenerator(self.cfg, split, seed, config)  # type: ignore[arg-type]
 
         def make() -> tuple[Any, Any, float]:
             clean, noisy, meta = next(gen)
@@ -74,6 +103,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         gru_layers=args.layers,
         strength_gru_size=args.strength_gru,
     )
+    try:
+        mix = parse_mix_overrides(args.mix)
+    except argparse.ArgumentTypeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         minutes=args.minutes,
         batch_size=args.batch,
@@ -84,10 +118,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fresh_per_batch=min(args.fresh, args.batch),
         lr=args.lr,
         lr_final=args.lr_final,
+        mix=mix,
     )
+    if mix:
+        print("augmentation recipe changed: " + ", ".join(f"{k}={v:g}" for k, v in mix.items()))
     best = train(
         Path(args.out),
-        _mixture_factory(args.data, args.cache),
+        _mixture_factory(args.data, args.cache, mix),
         cfg,
         resume=not args.no_resume,
         init=Path(args.init) if args.init else None,
@@ -335,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
         "its network settings replace --conv/--gru/--layers/--strength-gru; default: none)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
+    p.add_argument(
+        "--mix",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a number of the augmentation recipe (percepnet.data.mix.MixConfig), "
+        "e.g. --mix noise_free_prob=0.2; repeatable",
+    )
     p.add_argument(
         "--lr-final", type=float, default=1e-4, help="learning rate at the end (default 1e-4)"
     )

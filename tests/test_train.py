@@ -92,3 +92,25 @@ def test_streaming_module_matches_sequence_model() -> None:
             strengths.append(r)
     torch.testing.assert_close(torch.stack(gains, dim=1), ref.gains, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.stack(strengths, dim=1), ref.strengths, atol=1e-5, rtol=0)
+
+
+def test_mix_overrides_change_the_recipe_and_reject_nonsense(capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from percepnet.cli import main, parse_mix_overrides
+    from percepnet.data.mix import MixConfig
+
+    mix = parse_mix_overrides(["noise_free_prob=0.2", "high_snr_prob=0.25"])
+    assert MixConfig(**mix).noise_free_prob == 0.2  # type: ignore[arg-type]
+    assert MixConfig(**mix).high_snr_prob == 0.25  # type: ignore[arg-type]
+    for bad in (
+        "noise_free_prob",
+        "no_such_field=1",
+        "noise_free_prob=x",
+        "snr_db=3",
+        "rir_prob=-1",
+    ):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_mix_overrides([bad])
+    assert main(["train", "--out", "/nonexistent/run", "--mix", "nope=1"]) == 2
+    assert "--mix 'nope=1'" in capsys.readouterr().err

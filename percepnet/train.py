@@ -29,7 +29,7 @@ from percepnet.analysis import Frames
 from percepnet.bands import BAND_CENTRES
 from percepnet.constants import BIN_HZ, SAMPLE_RATE
 from percepnet.enhancer import GainPair, enhance_signal
-from percepnet.features import compute_example
+from percepnet.features import Example, compute_example
 from percepnet.model import ModelConfig, PercepNet
 
 FloatArray = npt.NDArray[np.float64]
@@ -83,13 +83,28 @@ def percepnet_loss(
     return (per * m).sum() / m.sum().clamp(min=1.0)
 
 
+SILENT_BAND_ENERGY = 1e-12
+"""A band-frame of the input below this energy (about -120 dB re a full-scale band) holds
+nothing to remove: digital silence before, between and after the utterances of a
+noise-free mixture. Its oracle gain is 0 only by the EPS in sqrt(E_x / (E_y + EPS)); as a
+target that taught the model to cut quiet input, so there the target is pass-through
+(g = 1, r = 0)."""
+
+
+def training_targets(ex: Example) -> tuple[FloatArray, FloatArray]:
+    """The oracle's g and r, with silent band-frames passed through (SILENT_BAND_ENERGY)."""
+    silent = ex.E_y < SILENT_BAND_ENERGY
+    return np.where(silent, 1.0, ex.gains), np.where(silent, 0.0, ex.strengths)
+
+
 def segment_example(mix: Mixture) -> dict[str, torch.Tensor]:
     clean, noisy, bandwidth = mix
     ex = compute_example(noisy, clean)
+    gains, strengths = training_targets(ex)
     return {
         "features": torch.from_numpy(ex.features.astype(np.float32)),
-        "gains": torch.from_numpy(ex.gains.astype(np.float32)),
-        "strengths": torch.from_numpy(ex.strengths.astype(np.float32)),
+        "gains": torch.from_numpy(gains.astype(np.float32)),
+        "strengths": torch.from_numpy(strengths.astype(np.float32)),
         "mask": torch.from_numpy(band_mask(bandwidth).astype(np.float32)),
     }
 

@@ -114,3 +114,19 @@ def test_mix_overrides_change_the_recipe_and_reject_nonsense(capsys) -> None:  #
             parse_mix_overrides([bad])
     assert main(["train", "--out", "/nonexistent/run", "--mix", "nope=1"]) == 2
     assert "--mix 'nope=1'" in capsys.readouterr().err
+
+
+def test_silent_band_frames_are_passed_through_in_training_targets() -> None:
+    from percepnet.features import compute_example
+    from percepnet.train import SILENT_BAND_ENERGY, training_targets
+
+    rng = np.random.default_rng(3)
+    x = np.zeros(48000)
+    x[12000:36000] = 0.05 * rng.standard_normal(24000)  # sound between digital silences
+    ex = compute_example(x, x)
+    silent = ex.E_y < SILENT_BAND_ENERGY
+    assert silent.any() and not silent.all()
+    assert np.all(ex.gains[silent] < 0.5)  # the oracle's ratio is 0/EPS there
+    g, r = training_targets(ex)
+    assert np.all(g[silent] == 1.0) and np.all(r[silent] == 0.0)
+    assert np.array_equal(g[~silent], ex.gains[~silent])

@@ -30,9 +30,9 @@ PESQ_GAIN_FLOOR = {8000: 0.25, 16000: 0.30, SAMPLE_RATE: 0.30}
 """Model PESQ minus noisy PESQ, by channel rate. Measured for the shipped model:
 see FLOOR_NOTE; the previous model (v1) measured -0.05 (8 kHz), +0.24 and +0.30."""
 FLOOR_NOTE = (
-    "shipped model (run v3 step 2334), 2026-12-03: PESQ +0.48 (8 kHz), +0.36, +0.35 and SI-SDR "
-    "up in every channel, but STOI 0.89 -> 0.86 (RNNoise: 0.94), so the first test still "
-    "fails; clean speech: PESQ -0.05, SI-SDR 17 dB (< 25), so the second fails too"
+    "shipped model (run v7 step 1063), 2026-12-03: PESQ +0.49 (8 kHz), +0.34, +0.33 and SI-SDR "
+    "up 2.7-6.1 dB in every channel, but STOI 0.89 -> 0.87-0.88 (RNNoise: 0.94), so the first "
+    "test still fails; clean speech: PESQ -0.03, SI-SDR 19-20 dB (< 25), so the second fails too"
 )
 CLEAN_SI_SDR_FLOOR_DB = 25.0
 CLEAN_PESQ_DROP = 0.1

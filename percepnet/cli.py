@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="change a number of the augmentation recipe (percepnet.data.mix.MixConfig), "
-        "e.g. --mix noise_free_prob=0.2; repeatable",
+        "e.g. --mix noise_free_prob=0.2; repeatable (default: none, the recipe as it is)",
     )
     p.add_argument(
         "--lr-final", type=float, default=1e-4, help="learning rate at the end (default 1e-4)"

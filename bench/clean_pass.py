@@ -27,11 +27,12 @@ from server.clips import data_dir
 
 FloatArray = npt.NDArray[np.float64]
 SPEECH = "speech/picovoice_speech_to_intent/speech/clean/05ad3db4-3456-4570-a4dd-4c64d8814681.flac"
-"""The clean clip of tests/test_quality.py (dev split)."""
+"""A clean dev-split clip: this diagnostic's input and tests/test_quality.py's."""
 
 
 def channel(x: FloatArray, rate: int) -> FloatArray:
-    """48 kHz audio as it arrives through a channel at `rate`: down and back up."""
+    """48 kHz audio as it arrives through a channel at `rate`: down and back up (the
+    channels of tests/test_quality.py)."""
     return x if rate == SAMPLE_RATE else resample(resample(x, SAMPLE_RATE, rate), rate, SAMPLE_RATE)
 
 

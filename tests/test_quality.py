@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from percepnet.audio import load, resample
+from bench.clean_pass import SPEECH, channel, scores
+from percepnet.audio import load
 from percepnet.constants import SAMPLE_RATE
 from percepnet.enhancer import enhance_signal
-from percepnet.metrics import pesq_at, si_sdr, stoi
 from percepnet.runtime import OnnxSource, load_model
 from server.clips import data_dir
 
-SPEECH = "speech/picovoice_speech_to_intent/speech/clean/05ad3db4-3456-4570-a4dd-4c64d8814681.flac"
 NOISE = "noise/speech_commands_background/running_tap.flac"
 SNR_DB = 5.0
 
@@ -37,22 +36,6 @@ FLOOR_NOTE = (
 CLEAN_SI_SDR_FLOOR_DB = 25.0
 CLEAN_PESQ_DROP = 0.1
 """Clean speech passes: SI-SDR above 25 dB and PESQ within 0.1 of the input's."""
-
-
-def channel(x: np.ndarray, rate: int) -> np.ndarray:
-    """x (48 kHz) as it arrives through a channel at `rate`: down and back up."""
-    return x if rate == SAMPLE_RATE else resample(resample(x, SAMPLE_RATE, rate), rate, SAMPLE_RATE)
-
-
-def at_rate(x: np.ndarray, rate: int) -> np.ndarray:
-    """Where a metric runs: the channel's own rate (fullband at 16 kHz)."""
-    return resample(np.asarray(x, np.float64), SAMPLE_RATE, min(rate, 16000))
-
-
-def scores(clean: np.ndarray, est: np.ndarray, rate: int) -> tuple[float, float, float]:
-    r = min(rate, 16000)
-    c, e = at_rate(clean, rate), at_rate(est, rate)
-    return pesq_at(c, e, r), stoi(c, e, r), si_sdr(c, e, r)
 
 
 @pytest.fixture(scope="module")

@@ -119,6 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         lr_final=args.lr_final,
         mix=mix,
+        under_suppression_weight=args.under_suppression_weight,
     )
     if mix:
         print("augmentation recipe changed: " + ", ".join(f"{k}={v:g}" for k, v in mix.items()))
@@ -382,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lr-final", type=float, default=1e-4, help="learning rate at the end (default 1e-4)"
+    )
+    p.add_argument(
+        "--under-suppression-weight",
+        type=float,
+        default=1.0,
+        help="weight of the gain error where the network passes more than the ideal gain "
+        "(residual noise) (default 1.0: the symmetric loss)",
     )
     p.set_defaults(func=_cmd_train)
 

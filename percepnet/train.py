@@ -63,6 +63,9 @@ class TrainConfig:
     mix: dict[str, float] = field(default_factory=dict)
     """Changes to the augmentation recipe (MixConfig) this run trained with; recorded
     only: the mixture factory applies them."""
+    under_suppression_weight: float = 1.0
+    """Multiplies the gain error where the network passes more than the ideal gain
+    (residual noise); 1 is the symmetric loss of DESIGN section 4."""
 
 
 def band_mask(bandwidth_hz: float) -> FloatArray:
@@ -73,10 +76,21 @@ def band_mask(bandwidth_hz: float) -> FloatArray:
 
 
 def percepnet_loss(
-    g_hat: torch.Tensor, r_hat: torch.Tensor, g: torch.Tensor, r: torch.Tensor, mask: torch.Tensor
+    g_hat: torch.Tensor,
+    r_hat: torch.Tensor,
+    g: torch.Tensor,
+    r: torch.Tensor,
+    mask: torch.Tensor,
+    under_suppression_weight: float = 1.0,
 ) -> torch.Tensor:
-    """DESIGN section 4 loss, masked per band, averaged over valid band-frames."""
+    """DESIGN section 4 loss, masked per band, averaged over valid band-frames.
+
+    `under_suppression_weight` scales the gain error of band-frames whose predicted
+    gain exceeds the ideal one: residual noise, which listeners (and DNSMOS BAK) judge
+    more harshly than the same error the other way."""
     dg = g.clamp(min=0) ** GAMMA - g_hat.clamp(min=1e-8) ** GAMMA
+    if under_suppression_weight != 1.0:
+        dg = torch.where(dg < 0, dg * under_suppression_weight, dg)
     dr = (1 - r).clamp(min=0) ** GAMMA - (1 - r_hat).clamp(min=1e-8) ** GAMMA
     per = dg**2 + QUARTIC_WEIGHT * dg**4 + dr**2
     m = mask[:, None, :].expand_as(per)
@@ -257,6 +271,7 @@ def train(
                 dev_batch["gains"],
                 dev_batch["strengths"],
                 dev_batch["mask"],
+                cfg.under_suppression_weight,
             )
         net.train()
         return float(val)
@@ -315,7 +330,12 @@ def train(
             group["lr"] = lr
         out = net(batch["features"])
         loss = percepnet_loss(
-            out.gains, out.strengths, batch["gains"], batch["strengths"], batch["mask"]
+            out.gains,
+            out.strengths,
+            batch["gains"],
+            batch["strengths"],
+            batch["mask"],
+            cfg.under_suppression_weight,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

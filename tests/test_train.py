@@ -50,6 +50,25 @@ def test_loss_is_zero_for_perfect_prediction_and_masked() -> None:
     assert float(full) > 0 and float(half) > 0 and float(full) != float(half)
 
 
+def test_under_suppression_weight_scales_only_the_gain_error_above_the_ideal() -> None:
+    g = torch.full((1, 4, NB_BANDS), 0.25)
+    r = torch.zeros_like(g)
+    mask = torch.ones(1, NB_BANDS)
+    # Gains whose square roots sit 0.1 above and 0.1 below the ideal's (0.5).
+    above, below = torch.full_like(g, 0.6**2), torch.full_like(g, 0.4**2)
+    sym_above = float(percepnet_loss(above, r, g, r, mask))
+    sym_below = float(percepnet_loss(below, r, g, r, mask))
+    assert sym_above == pytest.approx(sym_below, rel=1e-4)
+    w = 2.0
+    weighted_above = float(percepnet_loss(above, r, g, r, mask, under_suppression_weight=w))
+    weighted_below = float(percepnet_loss(below, r, g, r, mask, under_suppression_weight=w))
+    assert weighted_below == pytest.approx(sym_below, rel=1e-6)
+    # Error e -> w*e in both the square and the quartic term (strengths are exact here).
+    e = 0.1
+    expected = (w * e) ** 2 + 10.0 * (w * e) ** 4
+    assert weighted_above == pytest.approx(expected, rel=1e-3)
+
+
 def test_short_training_run_lowers_dev_loss_and_resumes(tmp_path: Path) -> None:
     cfg = TrainConfig(
         minutes=30,

@@ -98,6 +98,7 @@ class MixConfig:
     lead_s: float = 0.5
     """Speech starts up to this late in the segment."""
     source_weights: dict[str, float] = field(default_factory=dict)
+    """Multiplies a speech source's share (by duration); missing sources weigh 1."""
     noise_source_weights: dict[str, float] = field(
         default_factory=lambda: {"hedgewars_music": 0.3, "opensfx": 2.0}
     )
@@ -106,7 +107,6 @@ class MixConfig:
     Without it one source dominates: game music was half of the training noise, though
     a call's background is seldom music; the few recorded vehicles and machines
     (opensfx) are what calls have most."""
-    """Multiplies a speech source's share (by duration); missing sources weigh 1."""
 
 
 @dataclass

@@ -133,6 +133,14 @@ def main() -> int:
         f"(each batch also replays segments from a pool of recent ones).",
         f"- batch {cfg.get('batch_size')} x {cfg.get('segment_seconds')} s segments, AdamW lr "
         f"{cfg.get('lr')} -> {cfg.get('lr_final')} (exponential), grad clip {cfg.get('grad_clip')}.",
+        "- Loss: DESIGN section 4 (gain and strength errors on a square-root scale, plus a "
+        "quartic gain term), masked above each mixture's bandwidth"
+        + (
+            f"; the gain error where the network passes more than the ideal gain is weighted "
+            f"x{cfg['under_suppression_weight']:g}."
+            if cfg.get("under_suppression_weight", 1.0) != 1.0
+            else "."
+        ),
         f"- Started from: `{args.started_from or train.get('init', 'random weights')}`.",
         "- Data: `percepnet data` corpus (shared data + Debian voice/noise packages, screened, split by "
         "file and speaker), " + recipe_text(MixConfig(**cfg.get("mix", {}))),

@@ -365,12 +365,28 @@ class ContrastSource:
         return s * s, r
 
 
+class StrengthSource:
+    """The model's comb-filter strengths r scaled by a factor (0: no pitch filtering);
+    gains unchanged."""
+
+    def __init__(self, inner: OnnxSource, scale: float) -> None:
+        self.inner, self.scale = inner, scale
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __call__(self, frames: Any) -> Any:
+        g, r = self.inner(frames)
+        return g, np.clip(r * self.scale, 0.0, 1.0)
+
+
 def systems(
     models: Sequence[Path],
     dfn: bool,
     oracle: bool = True,
     gammas: Sequence[float] = (1.0,),
     contrasts: Sequence[tuple[float, float]] = (),
+    strengths: Sequence[float] = (),
 ) -> dict[str, System]:
     out = peers(dfn)
     if oracle:
@@ -400,6 +416,15 @@ def systems(
                 return np.asarray(enhance_signal(y, source), np.float64)
 
             out[f"{name} c{lo:g}:{hi:g}"] = run_c
+        for scale in strengths:
+
+            def run_r(
+                y: FloatArray, _x: FloatArray, model: Any = model, scale: float = scale
+            ) -> FloatArray:
+                source = StrengthSource(OnnxSource(model), scale)
+                return np.asarray(enhance_signal(y, source), np.float64)
+
+            out[f"{name} r x{scale:g}"] = run_r
     return out
 
 
@@ -455,8 +480,9 @@ def _worker_init(
     oracle: bool,
     gammas: Sequence[float],
     contrasts: Sequence[tuple[float, float]],
+    strengths: Sequence[float],
 ) -> None:
-    _WORKER_RUNS.update(systems(models, dfn, oracle, gammas, contrasts))
+    _WORKER_RUNS.update(systems(models, dfn, oracle, gammas, contrasts, strengths))
 
 
 def _worker_item(it: Item) -> list[dict[str, Any]]:
@@ -472,6 +498,7 @@ def run(
     log: bool = True,
     gammas: Sequence[float] = (1.0,),
     contrasts: Sequence[tuple[float, float]] = (),
+    strengths: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Score all items; `jobs` processes each hold their own systems (items in order)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -489,13 +516,13 @@ def run(
             )
 
     if jobs <= 1:
-        runs = systems(models, dfn, oracle, gammas, contrasts)
+        runs = systems(models, dfn, oracle, gammas, contrasts, strengths)
         for i, it in enumerate(items):
             rows += score_item(it, runs)
             note(i, it)
         return rows
     with ProcessPoolExecutor(
-        jobs, initializer=_worker_init, initargs=(models, dfn, oracle, gammas, contrasts)
+        jobs, initializer=_worker_init, initargs=(models, dfn, oracle, gammas, contrasts, strengths)
     ) as ex:
         for i, (it, part) in enumerate(zip(items, ex.map(_worker_item, items), strict=True)):
             rows += part
@@ -590,6 +617,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="LO:HI",
         help="also run each model with sqrt(g) stretched from [LO, HI] to [0, 1]",
     )
+    p.add_argument(
+        "--strengths",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="SCALE",
+        help="also run each model with its comb-filter strengths multiplied by these "
+        "factors (0: no pitch filter) (default: none)",
+    )
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--md", default=None, help="write the report as markdown here")
     args = p.parse_args(argv)
@@ -607,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs=args.jobs,
         gammas=args.gammas,
         contrasts=[parse_contrast(c) for c in args.contrasts],
+        strengths=args.strengths,
     )
     title = (
         f"Calls benchmark, {args.split} split, {len(items)} items ({time.monotonic() - t0:.0f} s)"

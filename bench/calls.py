@@ -377,7 +377,7 @@ class StrengthSource:
 
     def __call__(self, frames: Any) -> Any:
         g, r = self.inner(frames)
-        return g, np.clip(r * self.scale, 0.0, 1.0)
+        return g, None if r is None else np.clip(r * self.scale, 0.0, 1.0)
 
 
 def systems(

@@ -95,14 +95,7 @@ def noisy_wav(tmp_path: Path) -> Path:
     return path
 
 
-MODEL_SPEECH_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="issue 3: the shipped model takes speech down by about 4 dB (3.9 dB through the "
-    "RTP sidecar with run v3 step 2334), at the 4 dB limit of this check",
-)
-
-
-@pytest.mark.parametrize("which", ["suppressor", pytest.param("model", marks=MODEL_SPEECH_XFAIL)])
+@pytest.mark.parametrize("which", ["suppressor", "model"])
 async def test_browser_page_reduces_noise(which: str, noisy_wav: Path, tmp_path: Path) -> None:
     playwright_api = pytest.importorskip("playwright.async_api")
     if not HAVE_CHROMIUM:
@@ -159,6 +152,7 @@ async def test_browser_page_reduces_noise(which: str, noisy_wav: Path, tmp_path:
     assert np.percentile(off, 95) > -40, "bypassed recording is (nearly) silent"
     floor_drop = np.percentile(off, 10) - np.percentile(on, 10)  # noise in the pauses
     speech_drop = np.percentile(off, 95) - np.percentile(on, 95)  # loud speech frames
+    print(f"page: noise floor down {floor_drop:.1f} dB, loud speech down {speech_drop:.1f} dB")
     assert floor_drop > 6.0, (floor_drop, speech_drop)
     assert speech_drop < 4.0, (floor_drop, speech_drop)
     assert manager.active == 0

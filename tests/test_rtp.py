@@ -206,10 +206,11 @@ async def test_ffmpeg_round_trip_fixed_gain(tmp_path: Path) -> None:
     not DEFAULT_MODEL.exists(), reason=f"needs the trained model: {DEFAULT_MODEL} is absent"
 )
 @pytest.mark.xfail(
-    strict=False,
-    reason="issue 3: the shipped model takes the synthetic speech down by 3.9 dB (run v3 step "
-    "2334; 4.4 dB at v1 step 5433), at the 4 dB allowed, so it passes or fails by chance; noise "
-    "reduction itself passes (18.9 dB in pauses)",
+    strict=True,
+    reason="issue 15: the shipped model (v7 step 1063) takes this synthetic speech down by "
+    "5.0 dB, every run, where 4 dB is allowed (v3: 3.9 dB); on dev calls it cuts speech "
+    "band-frames 5.7 dB against the ideal gains' 0.6 (results/diagnose_dev_v7.md); noise "
+    "reduction itself passes (26.4 dB in pauses)",
 )
 async def test_ffmpeg_round_trip_model_reduces_noise(tmp_path: Path) -> None:
     clean = speech_like(SECONDS, seed=7)
@@ -220,7 +221,10 @@ async def test_ffmpeg_round_trip_model_reduces_noise(tmp_path: Path) -> None:
     lag = lag_of(y, noisy)
     noise_in, speech_in = levels(noisy, clean, 0)
     noise_out, speech_out = levels(y, clean, lag)
-    print(f"sidecar noise reduction in pauses: {noise_in - noise_out:.1f} dB")
+    print(
+        f"sidecar noise reduction in pauses: {noise_in - noise_out:.1f} dB, "
+        f"speech level change: {speech_out - speech_in:+.1f} dB"
+    )
     assert noise_in - noise_out > 6.0, (noise_in, noise_out)
     assert speech_in - speech_out < 4.0, (speech_in, speech_out)
 

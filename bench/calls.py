@@ -335,48 +335,55 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
     return items
 
 
-class ExponentSource:
-    """g ** gamma on top of a model's gains (gamma > 1 suppresses deeper); r unchanged."""
+class MappedSource:
+    """A model's (g, r) passed through `map` each frame; subclasses set what it does."""
 
-    def __init__(self, inner: OnnxSource, gamma: float) -> None:
-        self.inner, self.gamma = inner, gamma
+    def __init__(self, inner: OnnxSource) -> None:
+        self.inner = inner
 
     def reset(self) -> None:
         self.inner.reset()
 
     def __call__(self, frames: Any) -> Any:
-        g, r = self.inner(frames)
+        return self.map(*self.inner(frames))
+
+    def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
+        raise NotImplementedError
+
+
+class ExponentSource(MappedSource):
+    """g ** gamma on top of a model's gains (gamma > 1 suppresses deeper); r unchanged."""
+
+    def __init__(self, inner: OnnxSource, gamma: float) -> None:
+        super().__init__(inner)
+        self.gamma = gamma
+
+    def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
         return np.power(g, self.gamma), r
 
 
-class ContrastSource:
+class ContrastSource(MappedSource):
     """sqrt(g) stretched from [lo, hi] to [0, 1] (clipped), then squared: band gains the
     model leaves near 1 go to 1, those near 0 go to 0; r unchanged."""
 
     def __init__(self, inner: OnnxSource, lo: float, hi: float) -> None:
-        self.inner, self.lo, self.hi = inner, lo, hi
+        super().__init__(inner)
+        self.lo, self.hi = lo, hi
 
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def __call__(self, frames: Any) -> Any:
-        g, r = self.inner(frames)
+    def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
         s = np.clip((np.sqrt(g) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
         return s * s, r
 
 
-class StrengthSource:
+class StrengthSource(MappedSource):
     """The model's comb-filter strengths r scaled by a factor (0: no pitch filtering);
     gains unchanged."""
 
     def __init__(self, inner: OnnxSource, scale: float) -> None:
-        self.inner, self.scale = inner, scale
+        super().__init__(inner)
+        self.scale = scale
 
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def __call__(self, frames: Any) -> Any:
-        g, r = self.inner(frames)
+    def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
         return g, None if r is None else np.clip(r * self.scale, 0.0, 1.0)
 
 

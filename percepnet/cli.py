@@ -103,6 +103,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         gru_layers=args.layers,
         strength_gru_size=args.strength_gru,
     )
+    if args.grow and not args.init:
+        print("error: --grow widens the network of --init; give --init", file=sys.stderr)
+        return 2
     try:
         mix = parse_mix_overrides(args.mix)
     except argparse.ArgumentTypeError as exc:
@@ -129,6 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg,
         resume=not args.no_resume,
         init=Path(args.init) if args.init else None,
+        grow=args.grow,
     )
     print(f"best checkpoint: {best}")
     return 0
@@ -371,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT",
         help="start from this checkpoint's weights and feature normalisation (fine-tuning; "
         "its network settings replace --conv/--gru/--layers/--strength-gru; default: none)",
+    )
+    p.add_argument(
+        "--grow",
+        action="store_true",
+        help="with --init: widen its network to --conv/--gru/--strength-gru first, keeping "
+        "what it computes (new units start silent) (default: off, its sizes as they are)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
     p.add_argument(

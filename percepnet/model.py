@@ -15,7 +15,7 @@ over a history of frames and GRU cells are written out (one weight matrix each),
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -132,6 +132,93 @@ class PercepNet(nn.Module):
         )
         del h
         return Outputs(gains, strengths), next_state
+
+
+def widen(small: PercepNet, config: ModelConfig) -> PercepNet:
+    """A larger network that computes exactly what `small` computes (net2net-style growth).
+
+    `config` keeps the number of GRU layers and the strength GRU's inputs, and is at least
+    as wide everywhere. The new units start with fresh random inputs but zero outgoing
+    weights, so until training moves them they change nothing: a fine-tuning run starts
+    from the small network's quality rather than from scratch. The small network's
+    feature normalisation and gain calibration carry over.
+    """
+    s = small.config
+    if config.gru_layers != s.gru_layers or config.strength_from_layers != s.strength_from_layers:
+        raise ValueError("widen keeps the number of GRU layers and the strength GRU's inputs")
+    if (
+        config.conv_channels < s.conv_channels
+        or config.gru_size < s.gru_size
+        or config.strength_gru_size < s.strength_gru_size
+    ):
+        raise ValueError("widen only grows a network")
+    config = replace(config, gain_lo=s.gain_lo, gain_hi=s.gain_hi)
+    big = PercepNet(config)
+    c, h, hs = s.conv_channels, s.gru_size, s.strength_gru_size
+    layers, k = s.gru_layers, s.strength_from_layers
+    Blocks = list[tuple[slice, slice]]  # (old, new) index ranges along one axis
+
+    def same(n: int) -> Blocks:
+        return [(slice(0, n), slice(0, n))]
+
+    def concat(parts: int, old: int, new: int) -> Blocks:
+        return [
+            (slice(i * old, i * old + old), slice(i * new, i * new + old)) for i in range(parts)
+        ]
+
+    everything = [(slice(0, None), slice(0, None))]
+    # parameter suffix -> (row blocks, column blocks or None for a vector)
+    plan: dict[str, tuple[Blocks, Blocks | None]] = {
+        "conv1.weight": (same(c), everything),
+        "conv1.bias": (same(c), None),
+        "conv2.weight": (same(c), same(c)),
+        "conv2.bias": (same(c), None),
+        "gain_head.weight": (
+            everything,
+            same(c)
+            + [
+                (
+                    slice(c + i * h, c + i * h + h),
+                    slice(
+                        config.conv_channels + i * config.gru_size,
+                        config.conv_channels + i * config.gru_size + h,
+                    ),
+                )
+                for i in range(layers)
+            ],
+        ),
+        "gain_head.bias": (everything, None),
+        "strength_head.weight": (everything, same(hs)),
+        "strength_head.bias": (everything, None),
+    }
+    for i in range(layers):
+        rows = concat(3, h, config.gru_size)  # the r, z and n gates
+        plan[f"grus.{i}.weight_ih_l0"] = (rows, same(c if i == 0 else h))
+        plan[f"grus.{i}.weight_hh_l0"] = (rows, same(h))
+        plan[f"grus.{i}.bias_ih_l0"] = (rows, None)
+        plan[f"grus.{i}.bias_hh_l0"] = (rows, None)
+    rows = concat(3, hs, config.strength_gru_size)
+    plan["strength_gru.weight_ih_l0"] = (rows, concat(k, h, config.gru_size))
+    plan["strength_gru.weight_hh_l0"] = (rows, same(hs))
+    plan["strength_gru.bias_ih_l0"] = (rows, None)
+    plan["strength_gru.bias_hh_l0"] = (rows, None)
+
+    old, new = small.state_dict(), big.state_dict()  # new's tensors are big's storage
+    with torch.no_grad():
+        for name in ("feature_mean", "feature_std"):
+            new[name].copy_(old[name])
+        for name, (rows, cols) in plan.items():
+            src, dst = old[name], new[name]
+            for r_old, r_new in rows:
+                if cols is None:
+                    dst[r_new] = src[r_old]
+                    continue
+                dst[r_new] = 0.0  # old units ignore the new ones
+                for c_old, c_new in cols:
+                    dst[r_new, c_new] = src[r_old, c_old]
+    missing = set(new) - set(plan) - {"feature_mean", "feature_std"}
+    assert not missing, f"widen has no plan for {sorted(missing)}"
+    return big
 
 
 # ---- streaming form -------------------------------------------------------------------

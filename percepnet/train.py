@@ -30,7 +30,7 @@ from percepnet.bands import BAND_CENTRES
 from percepnet.constants import BIN_HZ, SAMPLE_RATE
 from percepnet.enhancer import GainPair, enhance_signal
 from percepnet.features import Example, compute_example
-from percepnet.model import ModelConfig, PercepNet
+from percepnet.model import ModelConfig, PercepNet, widen
 
 FloatArray = npt.NDArray[np.float64]
 Mixture = tuple[FloatArray, FloatArray, float]
@@ -202,13 +202,15 @@ def train(
     *,
     resume: bool = True,
     init: Path | None = None,
+    grow: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> Path:
     """Train for cfg.minutes of wall time (in total, across resumes). Returns best.pt.
 
     `init`: a checkpoint whose network (settings, weights and feature normalisation)
-    a new run starts from; ignored when the run resumes.
+    a new run starts from; ignored when the run resumes. With `grow`, that network is
+    first widened to cfg.model's sizes (model.widen: same function, more units).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -228,11 +230,13 @@ def train(
     fine_tune = False
     if init is not None and not (resume and last.exists()):
         net, _ = load_checkpoint(init)
+        if grow:
+            net = widen(net, cfg.model)
         cfg = replace(cfg, model=net.config)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         state["init"] = str(init)
         fine_tune = True
-        log(f"starting from the weights of {init}")
+        log(f"starting from the weights of {init}" + (f", widened to {net.config}" if grow else ""))
     if resume and last.exists():
         net, ckpt = load_checkpoint(last)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from percepnet.constants import NB_BANDS
-from percepnet.model import ModelConfig, PercepNet, StreamingPercepNet, state_size
+from percepnet.model import ModelConfig, PercepNet, StreamingPercepNet, state_size, widen
 from percepnet.train import TrainConfig, band_mask, load_checkpoint, percepnet_loss, train
 from tests.signals import add_noise, speechlike
 
@@ -111,6 +111,74 @@ def test_streaming_module_matches_sequence_model() -> None:
             strengths.append(r)
     torch.testing.assert_close(torch.stack(gains, dim=1), ref.gains, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.stack(strengths, dim=1), ref.strengths, atol=1e-5, rtol=0)
+
+
+def test_widen_grows_the_network_without_changing_what_it_computes(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    small = PercepNet(ModelConfig(conv_channels=16, gru_size=24, gru_layers=3, gain_lo=0.1))
+    small.set_normalisation(torch.randn(small.feature_mean.shape[0]), torch.rand(70) + 0.5)
+    wide = ModelConfig(conv_channels=24, gru_size=40, gru_layers=3, strength_gru_size=80)
+    big = widen(small, wide)
+    assert big.config.gru_size == 40 and big.config.gain_lo == 0.1  # calibration carries over
+    n_small = sum(p.numel() for p in small.parameters())
+    assert sum(p.numel() for p in big.parameters()) > 1.5 * n_small
+    x = torch.randn(2, 50, small.feature_mean.shape[0])
+    with torch.no_grad():
+        a, b = small(x), big(x)
+    torch.testing.assert_close(b.gains, a.gains, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.strengths, a.strengths, atol=1e-6, rtol=0)
+    # The new units are live: one gradient step on the widened net changes its output.
+    big_params = dict(big.named_parameters())
+    out = big(x)
+    (out.gains.mean() + out.strengths.mean()).backward()
+    grad = big_params["grus.0.weight_hh_l0"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError):
+        widen(small, ModelConfig(conv_channels=8, gru_size=40, gru_layers=3))
+    with pytest.raises(ValueError):
+        widen(small, ModelConfig(conv_channels=24, gru_size=40, gru_layers=4))
+
+
+def test_training_can_grow_its_initial_network(tmp_path: Path) -> None:
+    small_dir, big_dir = tmp_path / "small", tmp_path / "big"
+    cfg = TrainConfig(
+        minutes=30,
+        batch_size=4,
+        fresh_per_batch=2,
+        max_steps=2,
+        workers=0,
+        eval_every_s=1e9,
+        dev_clips=2,
+        model=TINY,
+        segment_seconds=1.0,
+    )
+    train(small_dir, SyntheticFactory(), cfg, progress=False, log=lambda _: None)
+    wide = ModelConfig(conv_channels=48, gru_size=40, gru_layers=2, strength_gru_size=24)
+    logs: list[str] = []
+    grown = TrainConfig(**{**cfg.__dict__, "model": wide, "max_steps": 1})
+    train(
+        big_dir,
+        SyntheticFactory(),
+        grown,
+        init=small_dir / "last.pt",
+        grow=True,
+        progress=False,
+        log=logs.append,
+    )
+    assert any("widened" in line for line in logs)
+    first = json.loads((big_dir / "log.jsonl").read_text().splitlines()[0])
+    last_small = json.loads((small_dir / "log.jsonl").read_text().splitlines()[-1])
+    # Step 0 of the grown run scores what the small network ended on.
+    assert first["dev_loss"] == pytest.approx(last_small["dev_loss"], rel=1e-4)
+    net, _ = load_checkpoint(big_dir / "last.pt")
+    assert net.config.gru_size == 40 and net.config.conv_channels == 48
+
+
+def test_grow_without_init_is_refused(capsys) -> None:  # type: ignore[no-untyped-def]
+    from percepnet.cli import main
+
+    assert main(["train", "--out", "/nonexistent/run", "--grow", "--gru", "256"]) == 2
+    assert "--grow" in capsys.readouterr().err
 
 
 def test_mix_overrides_change_the_recipe_and_reject_nonsense(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ inflates them less than wall time would. Prints median and p99 per 10 ms of audi
 the real-time factor (CPU time / audio time) and streams per core (1 / RTF).
 
     python -m bench.cost [--seconds 20] [--model models/percepnet-int8.onnx]
+        [--also "v12 int8 (192/256)=runs/v12-export/percepnet-int8.onnx"]
 
 The systems run interleaved, one second of audio each in turn, so the machine's speed
 drifting during the run (it does here, by 2x at times) moves them together; the
@@ -116,7 +117,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--model", default=str(REPO / "models" / "percepnet-int8.onnx"))
     parser.add_argument("--float-model", default=str(REPO / "models" / "percepnet.onnx"))
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="another model to measure in the same run (another network size), repeatable",
+    )
     args = parser.parse_args()
+    extra = [a.split("=", 1) for a in args.also]
+    if any(len(e) != 2 or not Path(e[1]).exists() for e in extra):
+        parser.error("--also takes LABEL=PATH of an existing model file")
     x = noisy_speech(args.seconds, snr_db=5.0, level=0.3)
     frames = packets(x).reshape(-1, FRAME_SIZE)
 
@@ -143,6 +154,7 @@ def main() -> int:
     for label, path in (
         ("PercepNet DSP + int8 model", args.model),
         ("PercepNet DSP + float model", args.float_model),
+        *((f"PercepNet DSP + {name}", p) for name, p in extra),
     ):
         if not Path(path).exists():
             continue

@@ -71,6 +71,16 @@ def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def _release_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value == 0.0 or 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 (off) or 0 < D < 1")
+    return value
+
+
 class _CorpusFactory:
     """Picklable (for data-loader workers) factory of corpus mixture makers."""
 
@@ -123,6 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr_final=args.lr_final,
         mix=mix,
         under_suppression_weight=args.under_suppression_weight,
+        target_release=args.target_release,
     )
     if mix:
         print("augmentation recipe changed: " + ", ".join(f"{k}={v:g}" for k, v in mix.items()))
@@ -400,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="weight of the gain error where the network passes more than the ideal gain "
         "(residual noise) (default 1.0: the symmetric loss)",
+    )
+    p.add_argument(
+        "--target-release",
+        type=_release_factor,
+        default=0.0,
+        metavar="D",
+        help="hold the target gains over decays: each band's target falls by at most a "
+        "factor D (0 < D < 1) per 10 ms frame (default 0: the oracle's own gains)",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -52,7 +52,7 @@ GainPair = tuple[FloatArray, FloatArray | None]
 # Averaging weights over the bands whose centre lies in the main speech range, for the
 # voice-activity estimate.
 _SPEECH = ((BAND_CENTRES * BIN_HZ >= 200) & (BAND_CENTRES * BIN_HZ <= 4000)).astype(np.float64)
-_VAD_WEIGHTS = _SPEECH / _SPEECH.sum()
+VAD_WEIGHTS = _SPEECH / _SPEECH.sum()
 
 
 class GainSource(Protocol):
@@ -118,7 +118,7 @@ def _gain_summary(g: FloatArray) -> tuple[float, float]:
     speech = 0.0
     total = 0.0
     for b in range(NB_BANDS):
-        speech += g[b] * _VAD_WEIGHTS[b]
+        speech += g[b] * VAD_WEIGHTS[b]
         total += g[b]
     return min(max(speech, 0.0), 1.0), total / NB_BANDS
 

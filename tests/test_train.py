@@ -217,3 +217,42 @@ def test_silent_band_frames_are_passed_through_in_training_targets() -> None:
     g, r = training_targets(ex)
     assert np.all(g[silent] == 1.0) and np.all(r[silent] == 0.0)
     assert np.array_equal(g[~silent], ex.gains[~silent])
+    held, r_held = training_targets(ex, release=0.8)
+    assert np.all(held[silent] == 1.0) and np.all(r_held[silent] == 0.0)
+
+
+def test_release_gains_limits_each_fall_and_passes_rises() -> None:
+    from percepnet.train import release_gains
+
+    g = np.array([[1.0, 0.2], [0.0, 0.9], [0.0, 0.1], [0.7, 0.1]])
+    held = release_gains(g, 0.5)
+    assert np.all(held >= g)  # never deeper than the oracle
+    assert np.allclose(held[:, 0], [1.0, 0.5, 0.25, 0.7])  # falls halve, the rise passes
+    assert np.allclose(held[:, 1], [0.2, 0.9, 0.45, 0.225])
+    assert np.all(held[1:] >= 0.5 * held[:-1] - 1e-12)
+    assert np.array_equal(g, [[1.0, 0.2], [0.0, 0.9], [0.0, 0.1], [0.7, 0.1]])  # input kept
+
+
+def test_target_release_holds_the_gains_after_a_burst() -> None:
+    from percepnet.features import compute_example
+    from percepnet.train import training_targets
+
+    rng = np.random.default_rng(4)
+    x = np.zeros(48000)
+    x[12000:24000] = 0.05 * rng.standard_normal(12000)
+    noise = 0.01 * rng.standard_normal(48000)
+    ex = compute_example(x + noise, x)
+    plain, _ = training_targets(ex)
+    held, _ = training_targets(ex, release=0.8)
+    assert np.all(held >= plain - 1e-12)
+    assert float(np.mean(held - plain)) > 0.01  # the decay after the burst is held
+
+
+def test_target_release_outside_0_1_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from percepnet.cli import main
+
+    for bad in ("1", "1.5", "-0.2", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--out", "/nonexistent/run", "--target-release", bad])
+        assert exc.value.code == 2
+    assert "--target-release" in capsys.readouterr().err

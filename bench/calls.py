@@ -64,7 +64,7 @@ from percepnet.constants import SAMPLE_RATE
 from percepnet.data.corpus import DataConfig, Entry, active_level_db, load_manifest, read_mono
 from percepnet.data.noise import unit_rms
 from percepnet.data.rooms import RirBank
-from percepnet.enhancer import OracleSource, enhance_signal
+from percepnet.enhancer import GainSource, OracleSource, enhance_signal
 from percepnet.metrics import dnsmos, pesq_at, si_sdr, stoi
 from percepnet.runtime import OnnxSource, load_model
 
@@ -338,7 +338,7 @@ def build_items(split: str, n: int, cfg: DataConfig) -> list[Item]:
 class MappedSource:
     """A model's (g, r) passed through `map` each frame; subclasses set what it does."""
 
-    def __init__(self, inner: OnnxSource) -> None:
+    def __init__(self, inner: GainSource) -> None:
         self.inner = inner
 
     def reset(self) -> None:
@@ -354,7 +354,7 @@ class MappedSource:
 class ExponentSource(MappedSource):
     """g ** gamma on top of a model's gains (gamma > 1 suppresses deeper); r unchanged."""
 
-    def __init__(self, inner: OnnxSource, gamma: float) -> None:
+    def __init__(self, inner: GainSource, gamma: float) -> None:
         super().__init__(inner)
         self.gamma = gamma
 
@@ -366,7 +366,7 @@ class ContrastSource(MappedSource):
     """sqrt(g) stretched from [lo, hi] to [0, 1] (clipped), then squared: band gains the
     model leaves near 1 go to 1, those near 0 go to 0; r unchanged."""
 
-    def __init__(self, inner: OnnxSource, lo: float, hi: float) -> None:
+    def __init__(self, inner: GainSource, lo: float, hi: float) -> None:
         super().__init__(inner)
         self.lo, self.hi = lo, hi
 
@@ -379,7 +379,7 @@ class StrengthSource(MappedSource):
     """The model's comb-filter strengths r scaled by a factor (0: no pitch filtering);
     gains unchanged."""
 
-    def __init__(self, inner: OnnxSource, scale: float) -> None:
+    def __init__(self, inner: GainSource, scale: float) -> None:
         super().__init__(inner)
         self.scale = scale
 

@@ -28,105 +28,87 @@ from typing import Any
 
 import numpy as np
 
-from bench.calls import Item, MappedSource, build_items, report, score_item
+from bench.calls import (
+    ExponentSource,
+    Item,
+    MappedSource,
+    StrengthSource,
+    build_items,
+    report,
+    score_item,
+)
 from bench.common import System, peers
 from percepnet.data.corpus import DataConfig
 from percepnet.enhancer import VAD_WEIGHTS, GainSource, OracleSource, enhance_signal
+from percepnet.gains import release_gains
 from percepnet.runtime import OnnxSource, load_model
 
 FloatArray = np.ndarray
-GainMap = Callable[[FloatArray, FloatArray | None], tuple[FloatArray, FloatArray | None]]
+Wrap = Callable[[GainSource], GainSource]
 
 
-def power(p: float) -> GainMap:
-    return lambda g, r: (np.power(g, p), r)
+class GateSource(MappedSource):
+    """A frame's gains scaled by (voice activity / threshold) where activity < threshold."""
+
+    def __init__(self, inner: GainSource, threshold: float) -> None:
+        super().__init__(inner)
+        self.threshold = threshold
+
+    def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
+        scale = np.clip((g @ VAD_WEIGHTS) / self.threshold, 0.0, 1.0)
+        return g * scale[..., None], r
 
 
-def no_comb(g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
-    return g, None if r is None else np.zeros_like(r)
+class ReleaseSource(MappedSource):
+    """Gains held over decays (percepnet.gains.release_gains), carried across blocks."""
 
-
-def gate(threshold: float) -> GainMap:
-    """Scale a frame's gains by (voice activity / threshold) where activity < threshold."""
-
-    def f(g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
-        activity = np.asarray(g) @ VAD_WEIGHTS
-        scale = np.clip(activity / threshold, 0.0, 1.0)
-        return np.asarray(g) * scale[..., None], r
-
-    return f
-
-
-class Release:
-    """g_t = max(g_t, decay * g_(t-1)) per band: the gains fall no faster than `decay` per
-    10 ms frame (smoother residual noise, longer speech tails); state across blocks."""
-
-    def __init__(self, decay: float) -> None:
+    def __init__(self, inner: GainSource, decay: float) -> None:
+        super().__init__(inner)
         self.decay = decay
         self.last: FloatArray | None = None
 
     def reset(self) -> None:
+        super().reset()
         self.last = None
 
-    def __call__(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
-        out = np.array(g, dtype=np.float64)
-        prev = self.last
-        for t in range(len(out)):
-            if prev is not None:
-                out[t] = np.maximum(out[t], self.decay * prev)
-            prev = out[t]
-        self.last = prev
-        return out, r
-
-
-class FuncSource(MappedSource):
-    def __init__(self, inner: Any, fn: GainMap) -> None:
-        super().__init__(inner)
-        self.fn = fn
-
-    def reset(self) -> None:
-        super().reset()
-        if isinstance(self.fn, Release):
-            self.fn.reset()
-
     def map(self, g: FloatArray, r: FloatArray | None) -> tuple[FloatArray, FloatArray | None]:
-        return self.fn(g, r)
+        held = release_gains(g, self.decay, self.last)
+        self.last = held[-1]
+        return held, r
 
 
-# name -> (gain map or None, postfilter on)
-VARIANTS: dict[str, tuple[GainMap | None, bool]] = {
+# name -> (wrapper of the gain source or None, postfilter on)
+VARIANTS: dict[str, tuple[Wrap | None, bool]] = {
     "": (None, True),
-    " g^1.5": (power(1.5), True),
-    " r x0": (no_comb, True),
+    " g^1.5": (lambda s: ExponentSource(s, 1.5), True),
+    " r x0": (lambda s: StrengthSource(s, 0.0), True),
     " no postfilter": (None, False),
-    " gate 0.2": (gate(0.2), True),
-    " gate 0.4": (gate(0.4), True),
-    " no postfilter, gate 0.3": (gate(0.3), False),
-    " release 0.6": (Release(0.6), True),
-    " release 0.8": (Release(0.8), True),
+    " gate 0.2": (lambda s: GateSource(s, 0.2), True),
+    " gate 0.4": (lambda s: GateSource(s, 0.4), True),
+    " no postfilter, gate 0.3": (lambda s: GateSource(s, 0.3), False),
+    " release 0.6": (lambda s: ReleaseSource(s, 0.6), True),
+    " release 0.8": (lambda s: ReleaseSource(s, 0.8), True),
 }
 
 
 def variant_systems(model: Path | None, names: Sequence[str]) -> dict[str, System]:
     out: dict[str, System] = peers(dfn=False)
-    loaded = None if model is None else load_model(model)
-    bases: list[tuple[str, Callable[[FloatArray], GainSource]]] = []
-    bases.append(("oracle", lambda x: OracleSource(x)))
-    if loaded is not None:
+    bases: list[tuple[str, Callable[[FloatArray], GainSource]]] = [("oracle", OracleSource)]
+    if model is not None:
+        loaded = load_model(model)
         bases.append(("model", lambda _x: OnnxSource(loaded)))
     for base, make in bases:
         for name in names:
-            fn, postfilter = VARIANTS[name]
+            wrap, postfilter = VARIANTS[name]
 
             def run(
                 y: FloatArray,
                 x: FloatArray,
                 make: Callable[[FloatArray], GainSource] = make,
-                fn: GainMap | None = fn,
+                wrap: Wrap | None = wrap,
                 postfilter: bool = postfilter,
             ) -> FloatArray:
-                src = make(x)
-                source = src if fn is None else FuncSource(src, fn)
+                source = make(x) if wrap is None else wrap(make(x))
                 return np.asarray(enhance_signal(y, source, use_postfilter=postfilter), np.float64)
 
             out[base + name] = run

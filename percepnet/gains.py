@@ -117,3 +117,19 @@ def apply_gains(
             use_postfilter,
         )
     )
+
+
+def release_gains(g: FloatArray, decay: float, prev: FloatArray | None = None) -> FloatArray:
+    """g[t] = max(g[t], decay * g[t - 1]) per band, in time order: a gain falls by at most
+    `decay` per 10 ms frame. `prev`: the held gains of the frame before g[0] (a stream's
+    previous block), if any. g itself is not changed.
+
+    Through our DSP the ideal gains so held score DNSMOS OVRL 2.40 against 2.28 (SIG up;
+    results/oracle_variants_dev.md): a speech decay cut at once sounds worse than one
+    left to fade."""
+    out = np.array(g, dtype=np.float64)
+    if prev is not None and len(out):
+        np.maximum(out[0], decay * prev, out=out[0])
+    for t in range(1, len(out)):
+        np.maximum(out[t], decay * out[t - 1], out=out[t])
+    return out

@@ -30,6 +30,7 @@ from percepnet.bands import BAND_CENTRES
 from percepnet.constants import BIN_HZ, SAMPLE_RATE
 from percepnet.enhancer import GainPair, enhance_signal
 from percepnet.features import Example, compute_example
+from percepnet.gains import release_gains
 from percepnet.model import ModelConfig, PercepNet, widen
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,7 +69,7 @@ class TrainConfig:
     (residual noise); 1 is the symmetric loss of DESIGN section 4."""
     target_release: float = 0.0
     """If > 0, the oracle gains of the targets fall by at most this factor per frame
-    (release_gains); 0 keeps the oracle's own."""
+    (percepnet.gains.release_gains); 0 keeps the oracle's own."""
 
 
 def band_mask(bandwidth_hz: float) -> FloatArray:
@@ -106,17 +107,6 @@ nothing to remove: digital silence before, between and after the utterances of a
 noise-free mixture. Its oracle gain is 0 only by the EPS in sqrt(E_x / (E_y + EPS)); as a
 target that taught the model to cut quiet input, so there the target is pass-through
 (g = 1, r = 0)."""
-
-
-def release_gains(g: FloatArray, decay: float) -> FloatArray:
-    """g[t] = max(g[t], decay * g[t - 1]) per band, in time order: a gain falls by at most
-    `decay` per 10 ms frame. Through our DSP the ideal gains so held score DNSMOS OVRL
-    2.40 against 2.28 (SIG and BAK both up; results/oracle_variants_dev.md): a speech
-    decay cut at once sounds worse than one left to fade."""
-    out = np.array(g, dtype=np.float64)
-    for t in range(1, len(out)):
-        np.maximum(out[t], decay * out[t - 1], out=out[t])
-    return out
 
 
 def training_targets(ex: Example, release: float = 0.0) -> tuple[FloatArray, FloatArray]:

@@ -222,7 +222,7 @@ def test_silent_band_frames_are_passed_through_in_training_targets() -> None:
 
 
 def test_release_gains_limits_each_fall_and_passes_rises() -> None:
-    from percepnet.train import release_gains
+    from percepnet.gains import release_gains
 
     g = np.array([[1.0, 0.2], [0.0, 0.9], [0.0, 0.1], [0.7, 0.1]])
     held = release_gains(g, 0.5)
@@ -256,3 +256,14 @@ def test_target_release_outside_0_1_is_a_usage_error(capsys: pytest.CaptureFixtu
             main(["train", "--out", "/nonexistent/run", "--target-release", bad])
         assert exc.value.code == 2
     assert "--target-release" in capsys.readouterr().err
+
+
+def test_release_gains_in_blocks_equals_the_whole() -> None:
+    from percepnet.gains import release_gains
+
+    g = np.random.default_rng(5).uniform(0, 1, (50, 4))
+    whole = release_gains(g, 0.7)
+    first = release_gains(g[:17], 0.7)
+    second = release_gains(g[17:], 0.7, prev=first[-1])
+    assert np.allclose(np.concatenate([first, second]), whole)
+    assert not np.allclose(release_gains(g[17:], 0.7), whole[17:])  # the carry matters

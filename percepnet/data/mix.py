@@ -8,7 +8,8 @@ One mixture, all at SAMPLE_RATE, float64 mono, `segment_s` long:
   s   <- random biquad (mic/channel colour), random low-pass
   x   target = s * h_target (direct + early + a 200 ms tail) or s without a room
   y_s reverberant speech = s * h (full RIR), the part of the input that is speech
-  n   noise: recorded (split-disjoint files), coloured, babble, hum, clicks or
+  n   noise: recorded (split-disjoint files), coloured, babble (dry, or each talker
+          through a room: babble_room_prob), hum, clicks or
           two of them; its own biquad and low-pass; none in ~10 % of mixtures
   SNR active level of y_s over mean power of n: uniform in snr_db, or in
           high_snr_db for a share high_snr_prob (real calls sit mostly at 0-15 dB)
@@ -93,6 +94,11 @@ class MixConfig:
     """Weights of NOISE_KINDS."""
     second_noise_prob: float = 0.2
     babble_talkers: tuple[int, int] = (3, 8)
+    babble_room_prob: float = 0.0
+    """Share of babble noises whose talkers each speak through a room of the split's
+    bank (its full RIR: reverberant, as a crowd reaches a call's microphone) instead of
+    dry. Dry babble is close talkers, hard to tell from the caller; 0 keeps the
+    mixtures of earlier recipes bit-identical."""
     gap_s: tuple[float, float] = (0.05, 0.6)
     """Silence between consecutive speech clips."""
     lead_s: float = 0.5
@@ -303,16 +309,21 @@ class MixtureGenerator:
         if kind == "file" and len(self.noise):
             i = int(rng.choice(len(self.noise), p=self._noise_p))
             return self._crop(self.noise, i, n, rng, loop=True)
+        c = self.config
         if kind == "babble":
-            k = int(rng.integers(self.config.babble_talkers[0], self.config.babble_talkers[1] + 1))
+            k = int(rng.integers(c.babble_talkers[0], c.babble_talkers[1] + 1))
             out = np.zeros(n)
             used = set(speakers)
+            roomy = c.babble_room_prob > 0 and rng.random() < c.babble_room_prob
             for _ in range(k):
                 for _try in range(10):
                     j = int(rng.choice(len(self.speech), p=self._speech_p))
                     if str(self.speech.speakers[j]) not in used:
                         break
                 x = self._crop(self.speech, j, n, rng, loop=True)
+                if roomy:
+                    h = self.rooms.rirs[int(rng.integers(0, len(self.rooms)))]
+                    x = scipy.signal.oaconvolve(x, h)[: len(x)]
                 out[: len(x)] += x * 10 ** (rng.uniform(-6, 0) / 20) / math.sqrt(_power(x) + 1e-12)
             return out
         if kind == "hum":

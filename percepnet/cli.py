@@ -38,7 +38,7 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
 
 
 def _mixture_factory(
-    data: str | None, cache: str | None, mix: dict[str, float] | None = None
+    data: str | None, cache: str | None, mix: dict[str, Any] | None = None
 ) -> _CorpusFactory:
     """(split, seed) -> mixture maker, over the corpus built by `percepnet data`."""
     from percepnet.data.corpus import DataConfig
@@ -71,6 +71,43 @@ def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def parse_speech_weights(items: Sequence[str], sources: set[str]) -> dict[str, float]:
+    """--speech-weight SOURCE=W pairs: MixConfig.source_weights, each speech source's
+    share of the drawn speech multiplied by W (a source not named keeps 1)."""
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sources:
+            raise argparse.ArgumentTypeError(
+                f"--speech-weight {item!r}: no corpus manifest; run 'percepnet data prepare'"
+            )
+        if not sep or key not in sources:
+            raise argparse.ArgumentTypeError(
+                f"--speech-weight {item!r}: expected SOURCE=NUMBER with SOURCE one of "
+                + ", ".join(sorted(sources))
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--speech-weight {item!r}: {value!r} is not a number"
+            ) from None
+        if not math.isfinite(number) or number <= 0:
+            raise argparse.ArgumentTypeError(f"--speech-weight {item!r}: must be finite and > 0")
+        out[key] = number
+    return out
+
+
+def _speech_sources(data: str | None, cache: str | None) -> set[str]:
+    """The speech sources of the corpus manifest (empty if there is none yet)."""
+    from percepnet.data.corpus import DataConfig, load_manifest
+
+    manifest = DataConfig.from_args(data, cache).manifest
+    if not manifest.exists():
+        return set()
+    return {e.source for e in load_manifest(manifest) if e.kind == "speech"}
+
+
 def _release_factor(text: str) -> float:
     try:
         value = float(text)
@@ -84,14 +121,14 @@ def _release_factor(text: str) -> float:
 class _CorpusFactory:
     """Picklable (for data-loader workers) factory of corpus mixture makers."""
 
-    def __init__(self, cfg: object, mix: dict[str, float]) -> None:
+    def __init__(self, cfg: object, mix: dict[str, Any]) -> None:
         self.cfg = cfg
         self.mix = mix
 
     def __call__(self, split: str, seed: int) -> Callable[[], tuple[Any, Any, float]]:
         from percepnet.data.mix import MixConfig, MixtureGenerator
 
-        config = MixConfig(**self.mix)  # type: ignore[arg-type]
+        config = MixConfig(**self.mix)
         gen = MixtureGenerator(self.cfg, split, seed, config)  # type: ignore[arg-type]
 
         def make() -> tuple[Any, Any, float]:
@@ -117,7 +154,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("error: --grow widens the network of --init; give --init", file=sys.stderr)
         return 2
     try:
-        mix = parse_mix_overrides(args.mix)
+        mix: dict[str, Any] = dict(parse_mix_overrides(args.mix))
+        if args.speech_weight:
+            sources = _speech_sources(args.data, args.cache)
+            mix["source_weights"] = parse_speech_weights(args.speech_weight, sources)
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,7 +176,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         target_release=args.target_release,
     )
     if mix:
-        print("augmentation recipe changed: " + ", ".join(f"{k}={v:g}" for k, v in mix.items()))
+        print("augmentation recipe changed: " + ", ".join(f"{k}={v}" for k, v in mix.items()))
     best = train(
         Path(args.out),
         _mixture_factory(args.data, args.cache, mix),
@@ -401,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="change a number of the augmentation recipe (percepnet.data.mix.MixConfig), "
         "e.g. --mix noise_free_prob=0.2; repeatable (default: none, the recipe as it is)",
+    )
+    p.add_argument(
+        "--speech-weight",
+        action="append",
+        default=[],
+        metavar="SOURCE=W",
+        help="draw this speech source W times as often (its share by duration times W), "
+        "e.g. --speech-weight tuxpaint=2; repeatable (default: none, every source 1)",
     )
     p.add_argument(
         "--lr-final", type=float, default=1e-4, help="learning rate at the end (default 1e-4)"

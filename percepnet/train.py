@@ -61,7 +61,7 @@ class TrainConfig:
     workers: int = 1
     max_steps: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
-    mix: dict[str, float] = field(default_factory=dict)
+    mix: dict[str, Any] = field(default_factory=dict)
     """Changes to the augmentation recipe (MixConfig) this run trained with; recorded
     only: the mixture factory applies them."""
     under_suppression_weight: float = 1.0

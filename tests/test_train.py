@@ -267,3 +267,21 @@ def test_release_gains_in_blocks_equals_the_whole() -> None:
     second = release_gains(g[17:], 0.7, prev=first[-1])
     assert np.allclose(np.concatenate([first, second]), whole)
     assert not np.allclose(release_gains(g[17:], 0.7), whole[17:])  # the carry matters
+
+
+def test_speech_weights_are_checked_and_reach_the_recipe(capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from percepnet.cli import main, parse_speech_weights
+    from percepnet.data.mix import MixConfig
+
+    sources = {"tuxpaint", "klettres"}
+    w = parse_speech_weights(["tuxpaint=2.5", "klettres=0.5"], sources)
+    assert MixConfig(source_weights=w).source_weights == {"tuxpaint": 2.5, "klettres": 0.5}
+    for bad in ("tuxpaint", "nosuch=2", "tuxpaint=x", "tuxpaint=0", "tuxpaint=inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_speech_weights([bad], sources)
+    # An unknown source stops the run before it starts, naming the known ones.
+    code = main(["train", "--out", "/nonexistent/run", "--speech-weight", "nosuch=2"])
+    assert code == 2
+    assert "--speech-weight 'nosuch=2'" in capsys.readouterr().err

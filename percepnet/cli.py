@@ -47,6 +47,22 @@ def _mixture_factory(
     return _CorpusFactory(cfg, mix or {})
 
 
+def _key_number(flag: str, item: str, keys: Sequence[str], what: str) -> tuple[str, float]:
+    """One KEY=NUMBER argument of `flag`: KEY among keys, NUMBER finite; else the error."""
+    key, sep, value = item.partition("=")
+    if not sep or key not in keys:
+        raise argparse.ArgumentTypeError(
+            f"{flag} {item!r}: expected {what}=NUMBER with {what} one of {', '.join(sorted(keys))}"
+        )
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} {item!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{flag} {item!r}: must be finite")
+    return key, number
+
+
 def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
     """--mix KEY=VALUE pairs: numeric fields of the augmentation recipe (MixConfig)."""
     from dataclasses import fields
@@ -56,16 +72,8 @@ def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
     numeric = {f.name: f.type for f in fields(MixConfig) if f.type in ("float", "int")}
     out: dict[str, float] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in numeric:
-            raise argparse.ArgumentTypeError(
-                f"--mix {item!r}: expected KEY=NUMBER with KEY one of {', '.join(sorted(numeric))}"
-            )
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--mix {item!r}: {value!r} is not a number") from None
-        if not math.isfinite(number) or number < 0:
+        key, number = _key_number("--mix", item, list(numeric), "KEY")
+        if number < 0:
             raise argparse.ArgumentTypeError(f"--mix {item!r}: must be finite and >= 0")
         out[key] = int(number) if numeric[key] == "int" else number
     return out
@@ -74,25 +82,14 @@ def parse_mix_overrides(items: Sequence[str]) -> dict[str, float]:
 def parse_speech_weights(items: Sequence[str], sources: set[str]) -> dict[str, float]:
     """--speech-weight SOURCE=W pairs: MixConfig.source_weights, each speech source's
     share of the drawn speech multiplied by W (a source not named keeps 1)."""
+    if items and not sources:
+        raise argparse.ArgumentTypeError(
+            f"--speech-weight {items[0]!r}: no corpus manifest; run 'percepnet data prepare'"
+        )
     out: dict[str, float] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sources:
-            raise argparse.ArgumentTypeError(
-                f"--speech-weight {item!r}: no corpus manifest; run 'percepnet data prepare'"
-            )
-        if not sep or key not in sources:
-            raise argparse.ArgumentTypeError(
-                f"--speech-weight {item!r}: expected SOURCE=NUMBER with SOURCE one of "
-                + ", ".join(sorted(sources))
-            )
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--speech-weight {item!r}: {value!r} is not a number"
-            ) from None
-        if not math.isfinite(number) or number <= 0:
+        key, number = _key_number("--speech-weight", item, sorted(sources), "SOURCE")
+        if number <= 0:
             raise argparse.ArgumentTypeError(f"--speech-weight {item!r}: must be finite and > 0")
         out[key] = number
     return out
